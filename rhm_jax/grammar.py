@@ -1,0 +1,135 @@
+"""Production rules of the RHM: drawing them, validating user rules (DESIGN.md §1)."""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rhm_jax.config import RHMConfig
+
+
+@partial(jax.tree_util.register_dataclass, data_fields=["rules"], meta_fields=["config"])
+@dataclasses.dataclass(frozen=True)
+class Grammar:
+    """The rules of one RHM.
+
+    Attributes:
+      rules: one int32 array per level ``l = 0..L-1`` of shape ``(n_l, m, s)``:
+        ``rules[l][a, psi]`` is the ``psi``-th s-tuple that symbol ``a`` expands into.
+        A stack of K grammars (``jax.vmap`` over keys) has shapes ``(K, n_l, m, s)``.
+      config: the static :class:`RHMConfig`.
+    """
+
+    rules: tuple
+    config: RHMConfig
+
+
+@partial(jax.jit, static_argnames=("num", "v", "s"))
+def _distinct_tuples(key: jax.Array, num: int, v: int, s: int) -> jax.Array:
+    """``num`` distinct s-tuples over ``range(v)``, uniform without replacement.
+
+    Sequential rejection: the i-th tuple is redrawn until it differs from the i-1 before
+    it, which makes the ordered result an exact uniform draw without replacement. It never
+    enumerates the ``v**s`` tuples (memory ``num * s``), so huge vocabularies are cheap.
+    """
+
+    def draw(i, tuples):
+        def is_taken(cand):
+            same = jnp.all(tuples == cand, axis=-1) & (jnp.arange(num) < i)
+            return jnp.any(same)
+
+        def body(carry):
+            attempt, _ = carry
+            cand = jax.random.randint(jax.random.fold_in(jax.random.fold_in(key, i), attempt),
+                                      (s,), 0, v, dtype=jnp.int32)
+            return attempt + 1, cand
+
+        first = body((0, jnp.zeros((s,), jnp.int32)))
+        _, cand = jax.lax.while_loop(lambda c: is_taken(c[1]), body, first)
+        return tuples.at[i].set(cand)
+
+    return jax.lax.fori_loop(0, num, draw, jnp.zeros((num, s), jnp.int32))
+
+
+def _sample_rules(key, config: RHMConfig):
+    # Not jitted as a whole: levels of equal shape share one compiled `_distinct_tuples`.
+    keys = jax.random.split(key, config.L)
+    rules = []
+    for level in range(config.L):
+        n_l = config.num_symbols(level)
+        tuples = _distinct_tuples(keys[level], num=n_l * config.m, v=config.v, s=config.s)
+        rules.append(tuples.reshape(n_l, config.m, config.s))
+    return tuple(rules)
+
+
+def sample_grammar(key: jax.Array, config: RHMConfig) -> Grammar:
+    """Draws the rules of an RHM: each level's ``n_l * m`` tuples without replacement.
+
+    Levels are independent; the result is a deterministic function of ``key``. Works under
+    ``jax.jit`` and ``jax.vmap`` (over keys, giving a stack of grammars).
+
+    Args:
+      key: a PRNG key.
+      config: the model's shape.
+
+    Returns:
+      A :class:`Grammar`.
+
+    Examples:
+      >>> import jax
+      >>> g = sample_grammar(jax.random.key(0), RHMConfig(v=4, m=2, s=2, L=2))
+      >>> [r.shape for r in g.rules]
+      [(4, 2, 2), (4, 2, 2)]
+    """
+    if not isinstance(config, RHMConfig):
+        raise TypeError(f"config must be an RHMConfig, got {type(config).__name__}")
+    return Grammar(rules=_sample_rules(key, config), config=config)
+
+
+def grammar_from_rules(rules, config: RHMConfig) -> Grammar:
+    """Builds a :class:`Grammar` from user-given rule arrays, after checking them.
+
+    Args:
+      rules: a sequence of ``L`` integer arrays, level ``l`` of shape ``(n_l, m, s)``.
+      config: the model's shape.
+
+    Raises:
+      ValueError: wrong number of levels, wrong shape, symbols out of ``[0, v)``, or an
+        ambiguous level (a tuple used twice: the grammar must be unambiguous).
+
+    Examples:
+      >>> cfg = RHMConfig(v=2, m=1, s=2, L=1)
+      >>> grammar_from_rules([[[[0, 1]], [[1, 1]]]], cfg).rules[0].shape
+      (2, 1, 2)
+    """
+    if not isinstance(config, RHMConfig):
+        raise TypeError(f"config must be an RHMConfig, got {type(config).__name__}")
+    rules = list(rules)
+    if len(rules) != config.L:
+        raise ValueError(f"rules has {len(rules)} levels but config.L = {config.L}")
+    checked = []
+    for level, r in enumerate(rules):
+        r = np.asarray(r)
+        want = (config.num_symbols(level), config.m, config.s)
+        if r.shape != want:
+            raise ValueError(f"rules[{level}] has shape {r.shape}, expected (n_l, m, s) = {want}")
+        if not np.issubdtype(r.dtype, np.integer):
+            raise ValueError(f"rules[{level}] has dtype {r.dtype}; rules must be integers")
+        if r.min() < 0 or r.max() >= config.v:
+            raise ValueError(
+                f"rules[{level}] has symbols in [{r.min()}, {r.max()}], outside [0, v={config.v})"
+            )
+        flat = r.reshape(-1, config.s)
+        uniq, counts = np.unique(flat, axis=0, return_counts=True)
+        if np.any(counts > 1):
+            dup = tuple(int(x) for x in uniq[np.argmax(counts)])
+            raise ValueError(
+                f"rules[{level}] is ambiguous: the tuple {dup} appears {counts.max()} times; "
+                "each s-tuple may belong to at most one (symbol, rule) in a level"
+            )
+        checked.append(jnp.asarray(r, dtype=jnp.int32))
+    return Grammar(rules=tuple(checked), config=config)

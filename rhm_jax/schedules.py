@@ -1,0 +1,238 @@
+"""Noise schedules: continuous time ``t ∈ [0, 1]`` to ``ᾱ_t`` (DESIGN.md §2).
+
+A schedule is a frozen, hashable dataclass (usable as a static ``jax.jit`` argument) whose
+``alpha_bar(t)`` gives the signal level ``ᾱ_t`` at time ``t``: the cumulative product of
+``1 - β`` for the Gaussian and uniform-substitution processes, the keep probability ``α_t``
+for masking. Every ``alpha_bar`` is pure ``jax.numpy``, accepts traced scalars or arrays of
+any shape (elementwise) and is decreasing from ``ᾱ_0 = 1``.
+
+Provided (DESIGN.md §2):
+
+* :class:`LinearBeta` — DDPM linear-β, discrete with ``T`` steps; the defaults are the DDPM
+  choice (β from 1e-4 to 0.02 over T = 1000), :meth:`LinearBeta.rhm` the RHM choice
+  (β from 1e-3 to 0.1 over T = 200).
+* :class:`Cosine` — Nichol & Dhariwal's cosine schedule.
+* :class:`LinearAlphaBar` — ``ᾱ_t = 1 - t``, the MD4/MDLM masking convention.
+
+Concrete (non-traced) times are checked to lie in ``[0, 1]``; traced ones are not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import numbers
+from typing import Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float
+
+__all__ = ["Schedule", "LinearBeta", "Cosine", "LinearAlphaBar"]
+
+
+# ---- shared validation helpers (also used by rhm_jax.noise) -------------------------------
+def _is_concrete(value) -> bool:
+    """True when ``value`` holds actual numbers (not a tracer under jit/vmap/grad)."""
+    return not isinstance(value, jax.core.Tracer)
+
+
+def _default_float_dtype():
+    """float32, or float64 under ``JAX_ENABLE_X64`` (decided at call time, not import)."""
+    return jnp.result_type(float)
+
+
+def _check_unit_interval(name: str, value) -> None:
+    """Raise if ``value`` is not real, or (when concrete) has entries outside ``[0, 1]``."""
+    dtype = jnp.result_type(value)
+    if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
+        raise TypeError(f"{name} must be a real number or array, got dtype {dtype}")
+    if _is_concrete(value):
+        array = np.asarray(value, dtype=np.float64)
+        bad = ~((array >= 0.0) & (array <= 1.0))  # also catches NaN
+        if bad.any():
+            offending = array[bad].ravel()[0] if array.ndim else array
+            raise ValueError(f"{name} = {offending} must lie in [0, 1]")
+
+
+def _as_time(name: str, value) -> Array:
+    """Validate a time (or ε) and return it as a default-float jnp array."""
+    _check_unit_interval(name, value)
+    return jnp.asarray(value, dtype=_default_float_dtype())
+
+
+def _check_positive_finite(name: str, value, *, allow_zero: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        rule = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} = {value} must be finite and {rule}")
+
+
+class Schedule(Protocol):
+    """Anything with a hashable identity and ``alpha_bar(t)`` (DESIGN.md §2)."""
+
+    def alpha_bar(self, t: ArrayLike) -> Float[Array, "..."]: ...
+
+
+# ---- linear β (DDPM) ------------------------------------------------------------------------
+@functools.lru_cache(maxsize=32)
+def _linear_beta_log_alpha_bar_table(beta_min: float, beta_max: float, T: int) -> np.ndarray:
+    """``log ᾱ_k`` for k = 0..T in float64 (``ᾱ_0 = 1``); cached per schedule."""
+    betas = np.linspace(beta_min, beta_max, T, dtype=np.float64)
+    table = np.concatenate([[0.0], np.cumsum(np.log1p(-betas))])
+    table.setflags(write=False)
+    return table
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearBeta:
+    """DDPM linear-β schedule with ``T`` discrete steps (DESIGN.md §2).
+
+    ``β_k = beta_min + (beta_max - beta_min)·(k-1)/(T-1)`` for ``k = 1..T`` (``np.linspace``
+    as in DDPM) and ``ᾱ_k = Π_{i≤k} (1 - β_i)``, ``ᾱ_0 = 1``. Continuous time maps to the
+    fractional step ``t·T``; ``alpha_bar(t)`` is exact at integer steps and interpolates
+    ``log ᾱ`` linearly in between (not the integral ``T∫log(1-β(u))du``, which the
+    discrete sampler never needs). So ``alpha_bar(k/T) == alpha_bar_at_step(k)``.
+
+    Args:
+      beta_min: first β, in (0, 1).
+      beta_max: last β, in [beta_min, 1).
+      T: number of steps, an integer >= 1.
+
+    Examples:
+      >>> sched = LinearBeta()  # DDPM: 1e-4 -> 0.02 over 1000 steps
+      >>> round(float(sched.alpha_bar_at_step(1)), 6), round(float(sched.beta(1)), 6)
+      (0.9999, 0.0001)
+      >>> float(sched.alpha_bar(0.0))
+      1.0
+      >>> LinearBeta.rhm()
+      LinearBeta(beta_min=0.001, beta_max=0.1, T=200)
+
+    References:
+      Ho, Jain & Abbeel, "Denoising Diffusion Probabilistic Models", NeurIPS 2020.
+    """
+
+    beta_min: float = 1e-4
+    beta_max: float = 0.02
+    T: int = 1000
+
+    def __post_init__(self):
+        _check_positive_finite("beta_min", self.beta_min)
+        _check_positive_finite("beta_max", self.beta_max)
+        if not self.beta_min < 1:
+            raise ValueError(f"beta_min = {self.beta_min} must be < 1")
+        if not self.beta_min <= self.beta_max < 1:
+            raise ValueError(
+                f"beta_max = {self.beta_max} must satisfy beta_min = {self.beta_min} <= "
+                "beta_max < 1"
+            )
+        if isinstance(self.T, bool) or not isinstance(self.T, numbers.Integral):
+            raise TypeError(f"T must be an integer, got {self.T!r}")
+        if self.T < 1:
+            raise ValueError(f"T = {self.T} must be >= 1")
+        # normalise numpy scalars so equal schedules hash equal
+        object.__setattr__(self, "beta_min", float(self.beta_min))
+        object.__setattr__(self, "beta_max", float(self.beta_max))
+        object.__setattr__(self, "T", int(self.T))
+
+    @classmethod
+    def rhm(cls) -> LinearBeta:
+        """The RHM paper's choice: β from 1e-3 to 0.1 over T = 200 steps."""
+        return cls(beta_min=1e-3, beta_max=0.1, T=200)
+
+    def _log_alpha_bar_table(self) -> np.ndarray:
+        return _linear_beta_log_alpha_bar_table(self.beta_min, self.beta_max, self.T)
+
+    def _check_step(self, name: str, k, minimum: int):
+        dtype = jnp.result_type(k)
+        if not jnp.issubdtype(dtype, jnp.integer):
+            raise TypeError(f"{name} must be an integer step, got dtype {dtype}")
+        if _is_concrete(k):
+            array = np.asarray(k)
+            bad = (array < minimum) | (array > self.T)
+            if bad.any():
+                offending = array[bad].ravel()[0] if array.ndim else array
+                raise ValueError(f"{name} = {offending} must be an integer in [{minimum}, T={self.T}]")
+        return jnp.asarray(k)
+
+    def alpha_bar_at_step(self, k: ArrayLike) -> Float[Array, "..."]:
+        """Exact ``ᾱ_k = Π_{i≤k}(1-β_i)`` for integer steps ``k`` in ``0..T``."""
+        k = self._check_step("k", k, 0)
+        table = jnp.asarray(self._log_alpha_bar_table(), dtype=_default_float_dtype())
+        return jnp.exp(table[k])
+
+    def beta(self, k: ArrayLike) -> Float[Array, "..."]:
+        """``β_k`` for integer steps ``k`` in ``1..T``."""
+        k = self._check_step("k", k, 1)
+        dtype = _default_float_dtype()
+        if self.T == 1:
+            return jnp.full(jnp.shape(k), self.beta_min, dtype=dtype)
+        slope = (self.beta_max - self.beta_min) / (self.T - 1)
+        return (self.beta_min + slope * (k - 1)).astype(dtype)
+
+    def alpha_bar(self, t: ArrayLike) -> Float[Array, "..."]:
+        """``ᾱ`` at continuous time ``t ∈ [0, 1]`` (step ``t·T``, log-linear in between)."""
+        t = _as_time("t", t)
+        table = jnp.asarray(self._log_alpha_bar_table(), dtype=t.dtype)
+        step = jnp.clip(t, 0.0, 1.0) * self.T
+        lower = jnp.clip(jnp.floor(step).astype(jnp.int32), 0, self.T - 1)
+        frac = step - lower
+        log_alpha_bar = (1.0 - frac) * table[lower] + frac * table[lower + 1]
+        return jnp.exp(log_alpha_bar)
+
+
+# ---- cosine (Nichol & Dhariwal) -----------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Cosine:
+    """Cosine schedule ``ᾱ(t) = cos²((t+o)/(1+o)·π/2) / cos²(o/(1+o)·π/2)`` (DESIGN.md §2).
+
+    Evaluated as ``sin²((1-t)/(1+o)·π/2) / sin²(1/(1+o)·π/2)`` (the same function), so
+    ``ᾱ(1) = 0`` exactly rather than a rounding residue of ``cos(π/2)``; the result is
+    clipped to ``[0, 1]``. Processes that divide by ``ᾱ`` or ``1-ᾱ`` handle both ends.
+
+    Args:
+      offset: the small offset ``o >= 0`` that keeps ``β`` from vanishing near ``t = 0``.
+
+    Examples:
+      >>> sched = Cosine()
+      >>> float(sched.alpha_bar(0.0)), float(sched.alpha_bar(1.0))
+      (1.0, 0.0)
+      >>> round(float(sched.alpha_bar(0.5)), 4)
+      0.4938
+
+    References:
+      Nichol & Dhariwal, "Improved Denoising Diffusion Probabilistic Models", ICML 2021.
+    """
+
+    offset: float = 0.008
+
+    def __post_init__(self):
+        _check_positive_finite("offset", self.offset, allow_zero=True)
+        object.__setattr__(self, "offset", float(self.offset))
+
+    def alpha_bar(self, t: ArrayLike) -> Float[Array, "..."]:
+        """``ᾱ`` at continuous time ``t ∈ [0, 1]``."""
+        t = _as_time("t", t)
+        scale = 0.5 * math.pi / (1.0 + self.offset)
+        scale = jnp.asarray(scale, dtype=t.dtype)
+        normaliser = jnp.sin(scale) ** 2  # = cos²(o/(1+o)·π/2); same rounding as t = 0
+        return jnp.clip(jnp.sin((1.0 - t) * scale) ** 2 / normaliser, 0.0, 1.0)
+
+
+# ---- linear in ᾱ (MD4 / MDLM masking) --------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class LinearAlphaBar:
+    """``ᾱ_t = 1 - t``: the MD4/MDLM masking convention ``α_t = 1 - t`` (DESIGN.md §2).
+
+    Examples:
+      >>> float(LinearAlphaBar().alpha_bar(0.25))
+      0.75
+    """
+
+    def alpha_bar(self, t: ArrayLike) -> Float[Array, "..."]:
+        """``1 - t`` for ``t ∈ [0, 1]``."""
+        return 1.0 - _as_time("t", t)
+
