@@ -13,8 +13,10 @@ the uniform one, so every later quantity stays finite. Documented fallback: wher
 ``log_evidence == -inf`` the marginals are finite, normalised, but carry no meaning (nodes
 with no explanation get the uniform marginal). No NaN is ever produced.
 
-Layout: one array per level, batch axis first, ``(n, s**l, n_l)``; symbols last so the
-gathers ``u[..., rules[..., k]]`` read contiguous rows.
+Layout. Results are one array per level, ``(n, s**l, n_l)``. Internally messages are
+``(n, n_l, s**l)``: symbols before nodes, so the gathers ``u[:, rules[a, psi, k]]`` copy
+whole contiguous rows of nodes and fuse with the products and sums around them (the
+measurements that chose this layout are in ``benchmarks/README.md``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rhm_jax.grammar import Grammar
+from rhm_jax.grammar import Grammar, InverseTable, inverse_table, max_slots_per_child
 from rhm_jax.sampling import Data
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -64,47 +66,61 @@ class BPResult(NamedTuple):
     log_evidence: jax.Array
 
 
-def _normalise(x: jax.Array):
-    """Normalise the last axis; all-zero rows become uniform. Returns (x, log of the sum)."""
-    total = jnp.sum(x, axis=-1, keepdims=True)
+def _normalise(x: jax.Array, axis: int = 1):
+    """Normalise ``axis``; all-zero slices become uniform. Returns (x, log of the sum)."""
+    total = jnp.sum(x, axis=axis, keepdims=True)
     ok = total > 0
-    normed = jnp.where(ok, x / jnp.where(ok, total, 1), 1 / x.shape[-1])
-    return normed, jnp.log(total[..., 0])
+    normed = jnp.where(ok, x / jnp.where(ok, total, 1), 1 / x.shape[axis])
+    return normed, jnp.log(jnp.squeeze(total, axis))
 
 
 def _leaf_messages(leaf_log_likelihood: jax.Array):
-    """Scaled leaf messages ``u_L`` and per-token log-normalisers (max-shifted softmax)."""
-    peak = jnp.max(leaf_log_likelihood, axis=-1, keepdims=True)
+    """Scaled leaf messages ``u_L`` ``(n, v, d)`` and per-token log-normalisers ``(n, d)``."""
+    loglik = jnp.swapaxes(leaf_log_likelihood, 1, 2)
+    peak = jnp.max(loglik, axis=1, keepdims=True)
     peak = jnp.where(jnp.isfinite(peak), peak, 0)  # an all -inf row: impossible token
-    scaled, log_total = _normalise(jnp.exp(leaf_log_likelihood - peak))
-    return scaled, log_total + peak[..., 0]
+    scaled, log_total = _normalise(jnp.exp(loglik - peak))
+    return jax.lax.optimization_barrier(scaled), log_total + peak[:, 0]
 
 
-def _gather_children(rules: jax.Array, child_messages: jax.Array) -> list:
-    """``[u_{child k}(R[a, psi, k])]_k``, each ``(n, nodes, n_l, m)``."""
-    s = rules.shape[-1]
-    n, width, v = child_messages.shape
-    groups = child_messages.reshape(n, width // s, s, v)
-    # mode="clip": rule symbols are in range by construction; the default "fill" mode
-    # costs compile time that grows steeply with L.
-    return [jnp.take(groups[:, :, k, :], rules[..., k], axis=-1, mode="clip") for k in range(s)]
+def _rows(x: jax.Array, index) -> jax.Array:
+    """``x[:, index]``: whole rows of the symbol axis (contiguous over nodes).
+
+    mode="clip": indices are in range by construction, and the default "fill" mode makes
+    XLA's compile time grow steeply with the tree size.
+    """
+    return jnp.take(x, index, axis=1, mode="clip")
 
 
-def _upward_step(rules: jax.Array, child_messages: jax.Array):
+def _upward_step(rules: jax.Array, child: jax.Array):
     """``u_{l,j}(a) ∝ Σ_psi Π_k u_{l+1, j*s+k}(R_l[a, psi, k])`` (DESIGN.md §3).
+
+    Layout ``(n, symbols, nodes)``. The sum over ``psi`` is unrolled so that XLA fuses the
+    row gathers, products and sum into one pass that never materialises the
+    ``(n, n_l, m, nodes)`` tensor (13x faster on CPU than gathering all slots at once).
 
     Returns the normalised message and ``log(normaliser) - log m`` per node (the ``1/m``
     is the uniform rule prior).
     """
-    gathered = _gather_children(rules, child_messages)
-    product = gathered[0]
-    for factor in gathered[1:]:
-        product = product * factor
-    message, log_total = _normalise(jnp.sum(product, axis=-1))
-    return message, log_total - jnp.log(rules.shape[1])
+    n_l, m, s = rules.shape
+    n, v, width = child.shape
+    groups = child.reshape(n, v, width // s, s)
+    total = 0
+    for psi in range(m):
+        product = _rows(groups[..., 0], rules[:, psi, 0])
+        for k in range(1, s):
+            product = product * _rows(groups[..., k], rules[:, psi, k])
+        total = total + product
+    # Barriers materialise the sum before its normalisation and the message before the
+    # next level: otherwise XLA fuses the gathers into every consumer and recomputes them
+    # (measured 15x slower at (32, 8, 2, 9), and compile time exponential in L).
+    message, log_total = _normalise(jax.lax.optimization_barrier(total))
+    message = jax.lax.optimization_barrier(message)
+    return message, log_total - jnp.log(m)
 
 
-def _upward(grammar: Grammar, leaf_log_likelihood: jax.Array) -> Upward:
+def _upward(grammar: Grammar, leaf_log_likelihood: jax.Array):
+    """Upward pass in the internal layout: (messages over levels, class posterior, log p)."""
     cfg = grammar.config
     message, log_norm = _leaf_messages(leaf_log_likelihood)
     log_evidence = jnp.sum(log_norm, axis=-1)
@@ -115,43 +131,68 @@ def _upward(grammar: Grammar, leaf_log_likelihood: jax.Array) -> Upward:
         messages.insert(0, message)
     # Root: p(obs) = Σ_a u_0(a) / n_c, with u_0 normalised to sum to one.
     log_evidence = log_evidence - jnp.log(cfg.n_classes)
-    return Upward(tuple(messages), messages[0][:, 0], log_evidence)
+    return tuple(messages), messages[0][:, :, 0], log_evidence
 
 
-def _downward_step(rules: jax.Array, parent_downward: jax.Array, child_upward: jax.Array):
-    """``w_{l+1, j*s+k}(b) ∝ Σ_a w_{l,j}(a) Σ_psi [R[a,psi,k] = b] Π_{k'≠k} u_{k'}(R[a,psi,k'])``.
+def _inverse_tables(grammar: Grammar) -> tuple:
+    if grammar.inverse is not None:
+        return grammar.inverse
+    cfg = grammar.config  # traced rules: tables padded to the safe bound
+    return tuple(inverse_table(r, v=cfg.v, num_slots=max_slots_per_child(cfg, level))
+                 for level, r in enumerate(grammar.rules))
 
-    The exclusive products use prefix/suffix products (no division, so zeros are safe);
-    the sum over ``(a, psi)`` with ``R[a, psi, k] = b`` is a one-hot contraction.
+
+def _downward_step(table: InverseTable, parent: jax.Array, child_upward: jax.Array):
+    """``w_{l+1, j*s+k}(b) ∝ Σ_{(a,psi): R[a,psi,k]=b} w_{l,j}(a) Π_{k'≠k} u_{k'}(R[a,psi,k'])``.
+
+    The sum over slots with ``R[a, psi, k] = b`` runs over the inverse table's ``C``
+    columns, each a fused row gather (a padded slot points at an all-zero parent row), so
+    there is no scatter-add: on CPU this is 4-6x faster than a scatter or a one-hot matmul.
     """
-    s = rules.shape[-1]
-    v = child_upward.shape[-1]
-    n, nodes, _ = parent_downward.shape
-    gathered = _gather_children(rules, child_upward)
-    prefix = [jnp.ones_like(gathered[0])]
-    for factor in gathered[:-1]:
-        prefix.append(prefix[-1] * factor)
-    suffix = jnp.ones_like(gathered[0])
-    children = [None] * s
-    for k in range(s - 1, -1, -1):
-        weight = parent_downward[..., None] * prefix[k] * suffix  # (n, nodes, n_l, m)
-        onehot = jax.nn.one_hot(rules[..., k], v, dtype=weight.dtype)  # (n_l, m, v)
-        children[k] = jnp.einsum("xjam,amb->xjb", weight, onehot, precision=_HIGHEST)
-        suffix = suffix * gathered[k]
-    stacked = jnp.stack(children, axis=2).reshape(n, nodes * s, v)
-    return _normalise(stacked)[0]
+    s, v, num_slots = table.parent.shape
+    n, n_l, nodes = parent.shape
+    padded = jnp.concatenate([parent, jnp.zeros((n, 1, nodes), parent.dtype)], axis=1)
+    groups = child_upward.reshape(n, v, nodes, s)
+    children = []
+    for k in range(s):
+        total = 0
+        for c in range(num_slots):
+            term = _rows(padded, table.parent[k, :, c])
+            for other in range(s):
+                if other != k:
+                    term = term * _rows(groups[..., other], table.tuples[k, :, c, other])
+            total = total + term
+        children.append(jax.lax.optimization_barrier(total))
+    stacked = jnp.stack(children, axis=-1).reshape(n, v, nodes * s)
+    return jax.lax.optimization_barrier(_normalise(stacked)[0])  # see _upward_step
+
+
+def _to_public(x: jax.Array) -> jax.Array:
+    """Internal ``(n, symbols, nodes)`` → public ``(n, nodes, symbols)``."""
+    return jnp.swapaxes(x, 1, 2)
+
+
+def _marginals_internal(grammar: Grammar, leaf_log_likelihood: jax.Array):
+    cfg = grammar.config
+    messages, _, log_evidence = _upward(grammar, leaf_log_likelihood)
+    n = leaf_log_likelihood.shape[0]
+    dtype = messages[0].dtype
+    downward = [jnp.full((n, cfg.n_classes, 1), 1 / cfg.n_classes, dtype)]
+    for level, table in enumerate(_inverse_tables(grammar)):
+        downward.append(_downward_step(table, downward[-1], messages[level + 1]))
+    marginals = tuple(_normalise(u * w)[0] for u, w in zip(messages, downward))
+    return marginals, messages, tuple(downward), log_evidence
 
 
 def _marginals(grammar: Grammar, leaf_log_likelihood: jax.Array) -> BPResult:
-    cfg = grammar.config
-    up = _upward(grammar, leaf_log_likelihood)
-    n = leaf_log_likelihood.shape[0]
-    dtype = up.messages[0].dtype
-    downward = [jnp.full((n, 1, cfg.n_classes), 1 / cfg.n_classes, dtype)]
-    for level in range(cfg.L):
-        downward.append(_downward_step(grammar.rules[level], downward[-1], up.messages[level + 1]))
-    marginals = tuple(_normalise(u * w)[0] for u, w in zip(up.messages, downward))
-    return BPResult(marginals, up.messages, tuple(downward), up.log_evidence)
+    marginals, messages, downward, log_evidence = _marginals_internal(grammar, leaf_log_likelihood)
+    return BPResult(*(tuple(map(_to_public, x)) for x in (marginals, messages, downward)),
+                    log_evidence)
+
+
+def _upward_public(grammar: Grammar, leaf_log_likelihood: jax.Array) -> Upward:
+    messages, class_posterior, log_evidence = _upward(grammar, leaf_log_likelihood)
+    return Upward(tuple(map(_to_public, messages)), class_posterior, log_evidence)
 
 
 def _check_leaf_log_likelihood(grammar: Grammar, leaf_log_likelihood) -> jax.Array:
@@ -169,7 +210,7 @@ def _check_leaf_log_likelihood(grammar: Grammar, leaf_log_likelihood) -> jax.Arr
     return leaf_log_likelihood
 
 
-_upward_jit = jax.jit(_upward)
+_upward_jit = jax.jit(_upward_public)
 _marginals_jit = jax.jit(_marginals)
 
 
@@ -224,6 +265,7 @@ def _sample_tree(key: jax.Array, grammar: Grammar, messages: tuple, class_poster
 
     Root from its posterior; then, top-down, for each sampled symbol ``a`` the rule
     ``psi`` with probability ``∝ Π_k u_{child k}(R[a, psi, k])`` (DESIGN.md §3).
+    ``messages`` are the upward messages in the internal ``(n, symbols, nodes)`` layout.
     """
     cfg = grammar.config
     keys = jax.random.split(key, cfg.L + 1)
@@ -231,15 +273,16 @@ def _sample_tree(key: jax.Array, grammar: Grammar, messages: tuple, class_poster
     symbols = jax.random.categorical(keys[0], jnp.log(class_posterior))[:, None].astype(jnp.int32)
     latents, psis = [symbols], []
     for level in range(cfg.L):
-        chosen = jnp.take(grammar.rules[level], symbols, axis=0, mode="clip")  # (n, nodes, m, s)
         nodes = symbols.shape[1]
-        groups = messages[level + 1].reshape(n, nodes, cfg.s, -1)
-        weight = jnp.ones(chosen.shape[:-1], groups.dtype)
+        # (n, m, nodes, s): the m candidate tuples of each node's sampled symbol
+        chosen = jnp.moveaxis(jnp.take(grammar.rules[level], symbols, axis=0, mode="clip"), 2, 1)
+        groups = messages[level + 1].reshape(n, cfg.v, nodes, cfg.s)
+        weight = 1
         for k in range(cfg.s):
-            weight = weight * jnp.take_along_axis(groups[:, :, k, :], chosen[..., k], axis=-1,
+            weight = weight * jnp.take_along_axis(groups[..., k], chosen[..., k], axis=1,
                                                   mode="clip")
-        psi = jax.random.categorical(keys[level + 1], jnp.log(weight)).astype(jnp.int32)
-        children = jnp.take_along_axis(chosen, psi[..., None, None], axis=2, mode="clip")[:, :, 0, :]
+        psi = jax.random.categorical(keys[level + 1], jnp.log(weight), axis=1).astype(jnp.int32)
+        children = jnp.take_along_axis(chosen, psi[:, None, :, None], axis=1, mode="clip")[:, 0]
         symbols = children.reshape(n, nodes * cfg.s)
         latents.append(symbols)
         psis.append(psi)
@@ -249,8 +292,8 @@ def _sample_tree(key: jax.Array, grammar: Grammar, messages: tuple, class_poster
 
 @partial(jax.jit, static_argnames="num_samples")
 def _sample_posterior(key, grammar, leaf_log_likelihood, num_samples):
-    up = _upward(grammar, leaf_log_likelihood)
-    draws = jax.vmap(lambda k: _sample_tree(k, grammar, up.messages, up.class_posterior))(
+    messages, class_posterior, _ = _upward(grammar, leaf_log_likelihood)
+    draws = jax.vmap(lambda k: _sample_tree(k, grammar, messages, class_posterior))(
         jax.random.split(key, num_samples))
     return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), draws)  # (n, num_samples, ...)
 

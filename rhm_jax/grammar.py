@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from functools import partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +14,24 @@ import numpy as np
 from rhm_jax.config import RHMConfig
 
 
-@partial(jax.tree_util.register_dataclass, data_fields=["rules"], meta_fields=["config"])
+class InverseTable(NamedTuple):
+    """Which (symbol, rule) slots produce child symbol ``b`` in position ``k`` (one level).
+
+    For each position ``k`` and child symbol ``b`` the ``C`` slots are listed, padded with
+    the sentinel parent ``n_l`` (a zero row in the downward pass). This turns the downward
+    pass's scatter-add into gathers (DESIGN.md §3; see ``bp._downward_step``).
+
+    Attributes:
+      parent: ``(s, v, C)`` int32 parent symbol ``a`` of each slot (``n_l`` = padding).
+      tuples: ``(s, v, C, s)`` int32 the slot's whole tuple ``R[a, psi]``.
+    """
+
+    parent: jax.Array
+    tuples: jax.Array
+
+
+@partial(jax.tree_util.register_dataclass, data_fields=["rules", "inverse"],
+         meta_fields=["config"])
 @dataclasses.dataclass(frozen=True)
 class Grammar:
     """The rules of one RHM.
@@ -22,10 +41,78 @@ class Grammar:
         ``rules[l][a, psi]`` is the ``psi``-th s-tuple that symbol ``a`` expands into.
         A stack of K grammars (``jax.vmap`` over keys) has shapes ``(K, n_l, m, s)``.
       config: the static :class:`RHMConfig`.
+      inverse: ``None`` or one :class:`InverseTable` per level, sized to this grammar
+        (built on the host when the rules are concrete; BP builds padded ones otherwise).
     """
 
     rules: tuple
     config: RHMConfig
+    inverse: tuple | None = None
+
+
+def max_slots_per_child(config: RHMConfig, level: int) -> int:
+    """Upper bound on the slots that share one child symbol in one position.
+
+    Distinct tuples with a fixed symbol in position ``k`` number at most ``v**(s-1)``.
+    """
+    return min(config.num_symbols(level) * config.m, config.v ** (config.s - 1))
+
+
+def typical_slots_per_child(config: RHMConfig, level: int) -> int:
+    """A per-config table width that a random grammar's counts rarely exceed.
+
+    The count of slots sharing a child symbol has mean ``n_l*m/v``; padding every table to
+    the mean plus four standard deviations keeps shapes (hence compiled BP) the same for
+    almost every grammar of a config, while staying well below the worst-case bound.
+    """
+    mean = config.num_symbols(level) * config.m / config.v
+    return min(max_slots_per_child(config, level), int(math.ceil(mean + 4 * math.sqrt(mean))) + 1)
+
+
+@partial(jax.jit, static_argnames=("v", "num_slots"))
+def inverse_table(rules: jax.Array, v: int, num_slots: int) -> InverseTable:
+    """Inverse of one level's rules, ``(n_l, m, s) -> InverseTable`` with ``C = num_slots``.
+
+    ``num_slots`` must be at least the largest number of slots sharing a child symbol in a
+    position (:func:`max_slots_per_child` is always safe). Jittable and vmappable.
+    """
+    n_l, m, s = rules.shape
+    flat = rules.reshape(n_l * m, s)
+    symbols = jnp.arange(v)
+    parents, tuples = [], []
+    for k in range(s):
+        order = jnp.argsort(flat[:, k], stable=True)
+        sorted_keys = flat[order, k]
+        start = jnp.searchsorted(sorted_keys, symbols, side="left")
+        pos = start[:, None] + jnp.arange(num_slots)[None, :]  # (v, C)
+        safe = jnp.minimum(pos, n_l * m - 1)
+        valid = (pos < n_l * m) & (sorted_keys[safe] == symbols[:, None])
+        slot = order[safe]
+        parents.append(jnp.where(valid, slot // m, n_l).astype(jnp.int32))
+        tuples.append(jnp.where(valid[..., None], flat[slot], 0).astype(jnp.int32))
+    return InverseTable(jnp.stack(parents), jnp.stack(tuples))
+
+
+def with_inverse_tables(grammar: Grammar) -> Grammar:
+    """The grammar with :class:`InverseTable` s sized to its concrete rules.
+
+    Works for one grammar or a stack (the tables are padded to the largest count in the
+    stack). BP runs faster with tight tables than with the padded bound it uses otherwise.
+    """
+    cfg = grammar.config
+    tables = []
+    for level, rules in enumerate(grammar.rules):
+        if isinstance(rules, jax.core.Tracer):
+            return grammar
+        flat = np.asarray(rules).reshape(-1, rules.shape[-2] * rules.shape[-3], cfg.s)
+        counts = max(int(np.bincount(f[:, k], minlength=cfg.v).max())
+                     for f in flat for k in range(cfg.s))
+        build = partial(inverse_table, v=cfg.v,
+                        num_slots=max(counts, typical_slots_per_child(cfg, level)))
+        for _ in range(rules.ndim - 3):
+            build = jax.vmap(build)
+        tables.append(build(rules))
+    return dataclasses.replace(grammar, inverse=tuple(tables))
 
 
 @partial(jax.jit, static_argnames=("num", "v", "s"))
@@ -87,7 +174,7 @@ def sample_grammar(key: jax.Array, config: RHMConfig) -> Grammar:
     """
     if not isinstance(config, RHMConfig):
         raise TypeError(f"config must be an RHMConfig, got {type(config).__name__}")
-    return Grammar(rules=_sample_rules(key, config), config=config)
+    return with_inverse_tables(Grammar(rules=_sample_rules(key, config), config=config))
 
 
 def grammar_from_rules(rules, config: RHMConfig) -> Grammar:
@@ -132,4 +219,4 @@ def grammar_from_rules(rules, config: RHMConfig) -> Grammar:
                 "each s-tuple may belong to at most one (symbol, rule) in a level"
             )
         checked.append(jnp.asarray(r, dtype=jnp.int32))
-    return Grammar(rules=tuple(checked), config=config)
+    return with_inverse_tables(Grammar(rules=tuple(checked), config=config))

@@ -235,16 +235,18 @@ def sample_indices(key: jax.Array, config: RHMConfig, n: int) -> np.ndarray:
                          "distinct data")
     if config.P_max <= _ENUMERATE_LIMIT:
         perm = np.asarray(jax.random.permutation(key, config.P_max))[:n]
-        return index_to_digits(config, perm.tolist()).reshape(n, -1)
+        return index_to_digits(config, perm.tolist()).reshape(n, 1 + config.num_internal_nodes)
     width = 1 + config.num_internal_nodes
     maxval = jnp.asarray(_radices(config), jnp.int32)
     rows = np.zeros((0, width), np.int32)
     attempt = 0
     while rows.shape[0] < n:
         need = n - rows.shape[0]
-        draw = jax.random.randint(jax.random.fold_in(key, attempt), (need, width), 0, maxval,
+        # Always n rows, of which the first `need` are used: one compiled shape, where a
+        # (need, width) draw would recompile (seconds) at every redraw round.
+        draw = jax.random.randint(jax.random.fold_in(key, attempt), (n, width), 0, maxval,
                                   dtype=jnp.int32)
-        rows = np.concatenate([rows, np.asarray(draw)])
+        rows = np.concatenate([rows, np.asarray(draw)[:need]])
         _, first = np.unique(rows, axis=0, return_index=True)
         rows = rows[np.sort(first)]  # keep the first occurrence, preserving draw order
         attempt += 1
