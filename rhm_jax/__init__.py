@@ -1,6 +1,6 @@
 """rhm_jax: the Random Hierarchy Model, its noising processes and exact belief propagation."""
 
-from rhm_jax import bp, noise, schedules, theory
+from rhm_jax import bp, exact, experiments, noise, schedules, sharding, theory
 from rhm_jax.config import RHMConfig
 from rhm_jax.noise import EpsilonProcess, Gaussian, Masking, UniformSubstitution
 from rhm_jax.schedules import Cosine, LinearAlphaBar, LinearBeta
@@ -36,6 +36,9 @@ __all__ = [
     "sample_grammar",
     "sample_indices",
     "bp",
+    "exact",
+    "experiments",
+    "sharding",
     "noise",
     "schedules",
     "theory",

@@ -26,6 +26,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rhm_jax.grammar import Grammar, InverseTable, inverse_table, max_slots_per_child
 from rhm_jax.sampling import Data
@@ -92,6 +93,18 @@ def _rows(x: jax.Array, index) -> jax.Array:
     return jnp.take(x, index, axis=1, mode="clip")
 
 
+UNROLL = 4
+
+
+def _accumulate(body, count: int, init):
+    """``Σ_i body(i)`` as a ``fori_loop`` unrolled ``UNROLL`` times.
+
+    Unrolling lets XLA fuse a few gathers with their products and sum into one pass over
+    memory; the loop keeps the program (hence compile time) small for large ``m``.
+    """
+    return jax.lax.fori_loop(0, count, body, init, unroll=min(UNROLL, count))
+
+
 def _upward_step(rules: jax.Array, child: jax.Array):
     """``u_{l,j}(a) ∝ Σ_psi Π_k u_{l+1, j*s+k}(R_l[a, psi, k])`` (DESIGN.md §3).
 
@@ -105,12 +118,13 @@ def _upward_step(rules: jax.Array, child: jax.Array):
     n_l, m, s = rules.shape
     n, v, width = child.shape
     groups = child.reshape(n, v, width // s, s)
-    total = 0
-    for psi in range(m):
+    def add_rule(psi, total):
         product = _rows(groups[..., 0], rules[:, psi, 0])
         for k in range(1, s):
             product = product * _rows(groups[..., k], rules[:, psi, k])
-        total = total + product
+        return total + product
+
+    total = _accumulate(add_rule, m, jnp.zeros((n, n_l, width // s), child.dtype))
     # Barriers materialise the sum before its normalisation and the message before the
     # next level: otherwise XLA fuses the gathers into every consumer and recomputes them
     # (measured 15x slower at (32, 8, 2, 9), and compile time exponential in L).
@@ -155,13 +169,14 @@ def _downward_step(table: InverseTable, parent: jax.Array, child_upward: jax.Arr
     groups = child_upward.reshape(n, v, nodes, s)
     children = []
     for k in range(s):
-        total = 0
-        for c in range(num_slots):
+        def add_slot(c, total, k=k):
             term = _rows(padded, table.parent[k, :, c])
             for other in range(s):
                 if other != k:
                     term = term * _rows(groups[..., other], table.tuples[k, :, c, other])
-            total = total + term
+            return total + term
+
+        total = _accumulate(add_slot, num_slots, jnp.zeros((n, v, nodes), parent.dtype))
         children.append(jax.lax.optimization_barrier(total))
     stacked = jnp.stack(children, axis=-1).reshape(n, v, nodes * s)
     return jax.lax.optimization_barrier(_normalise(stacked)[0])  # see _upward_step
@@ -268,9 +283,15 @@ def _sample_tree(key: jax.Array, grammar: Grammar, messages: tuple, class_poster
     ``messages`` are the upward messages in the internal ``(n, symbols, nodes)`` layout.
     """
     cfg = grammar.config
-    keys = jax.random.split(key, cfg.L + 1)
     n = class_posterior.shape[0]
-    symbols = jax.random.categorical(keys[0], jnp.log(class_posterior))[:, None].astype(jnp.int32)
+    # All Gumbel noise in one draw (Gumbel-max = categorical): one RNG call compiles far
+    # faster than L+1 categorical calls, and the barrier keeps it from being re-fused.
+    sizes = [cfg.n_classes] + [cfg.m * cfg.s**level for level in range(cfg.L)]
+    offsets = np.cumsum([0] + sizes)
+    gumbel = jax.lax.optimization_barrier(
+        jax.random.gumbel(key, (n, int(offsets[-1])), class_posterior.dtype))
+    symbols = jnp.argmax(jnp.log(class_posterior) + gumbel[:, :offsets[1]], axis=-1)
+    symbols = symbols[:, None].astype(jnp.int32)
     latents, psis = [symbols], []
     for level in range(cfg.L):
         nodes = symbols.shape[1]
@@ -281,7 +302,8 @@ def _sample_tree(key: jax.Array, grammar: Grammar, messages: tuple, class_poster
         for k in range(cfg.s):
             weight = weight * jnp.take_along_axis(groups[..., k], chosen[..., k], axis=1,
                                                   mode="clip")
-        psi = jax.random.categorical(keys[level + 1], jnp.log(weight), axis=1).astype(jnp.int32)
+        noise = gumbel[:, offsets[level + 1]:offsets[level + 2]].reshape(n, cfg.m, nodes)
+        psi = jnp.argmax(jnp.log(weight) + noise, axis=1).astype(jnp.int32)
         children = jnp.take_along_axis(chosen, psi[:, None, :, None], axis=1, mode="clip")[:, 0]
         symbols = children.reshape(n, nodes * cfg.s)
         latents.append(symbols)

@@ -226,7 +226,8 @@ def _one_shot(key, grammar, process, x_t, t) -> Array:
 
 
 # ---- step-by-step reverse diffusion -------------------------------------------------------
-def _step(key, grammar, process, x_t, s, t, joint: bool) -> tuple[Array, Array]:
+def _step(x0_key, reverse_key, grammar, process, x_t, s, t, joint: bool
+          ) -> tuple[Array, Array]:
     """One reverse step ``t -> s``; returns ``x_s`` and the ``x0`` draw it used.
 
     ``joint``: ``x0`` is a whole-tree posterior draw and ``x_s ~ q(x_s | x_t, x0)``.
@@ -234,7 +235,6 @@ def _step(key, grammar, process, x_t, s, t, joint: bool) -> tuple[Array, Array]:
     per-token draw from ``μ_L`` (the factorised denoiser's own guess of ``x0``).
     """
     v = grammar.config.v
-    x0_key, reverse_key = jax.random.split(key)
     loglik = process.leaf_log_likelihood(x_t, t)
     if joint:
         x0 = bp.sample_posterior(x0_key, grammar, loglik).tokens[:, 0]
@@ -247,7 +247,7 @@ def _step(key, grammar, process, x_t, s, t, joint: bool) -> tuple[Array, Array]:
 
 @partial(jax.jit, static_argnames=("process", "joint"))
 def _reverse_step(key, grammar, process, x_t, s, t, joint):
-    return _step(key, grammar, process, x_t, s, t, joint)[0]
+    return _step(*jax.random.split(key), grammar, process, x_t, s, t, joint)[0]
 
 
 def reverse_step(key: PRNGKeyArray, grammar: Grammar, process, x_t: ArrayLike, s: ArrayLike,
@@ -290,11 +290,12 @@ def _reverse_sample(key, grammar, process, x_t, t, num_steps, joint):
 
     def body(carry, inputs):
         x, _ = carry
-        step_key, t_now, s_next = inputs
-        return _step(step_key, grammar, process, x, s_next * t, t_now * t, joint), None
+        step_keys, t_now, s_next = inputs
+        return _step(*step_keys, grammar, process, x, s_next * t, t_now * t, joint), None
 
     x0_init = jnp.zeros(x_t.shape[:2], jnp.int32)
-    inputs = (jax.random.split(key, num_steps), fractions[:-1], fractions[1:])
+    # all keys drawn before the loop: a split inside the body is one more RNG to compile
+    inputs = (jax.random.split(key, (num_steps, 2)), fractions[:-1], fractions[1:])
     (x_0, x0_draw), _ = jax.lax.scan(body, (x_t, x0_init), inputs)
     if joint:
         # The last step's x0 draw *is* x_0: q(x_0 | x_1, x0) is a point mass on x0.
