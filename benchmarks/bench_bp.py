@@ -319,6 +319,98 @@ def bl_sample(key, rules_list, n_classes, loglik):
     return tuple(x.T for x in latents)
 
 
+# ---- symbol-first layout (n_l, nodes, n) --------------------------------------------------
+def _sf_rows(x, index):
+    """``x[index]``: whole ``(nodes, n)`` slabs; XLA's canonical gather, no transposes."""
+    return jnp.take(x, index, axis=0, mode="clip")
+
+
+def _sf_upward(rules_list, n_classes, loglik):
+    # Softmax in the input layout (minor-axis reductions are cheap), then one transpose.
+    message, log_norm = _leaf(loglik, -1)
+    message = jnp.transpose(message, (2, 1, 0))  # (v, d, n)
+    log_evidence = jnp.sum(log_norm, axis=-1)
+    messages = [message]
+    for level in range(len(rules_list) - 1, -1, -1):
+        rules = rules_list[level]
+        n_l, m, s = rules.shape
+        v, width, n = message.shape
+        groups = message.reshape(v, width // s, s, n)
+        total = None
+        for psi in range(m):  # unrolled: one fused pass, no (n_l, m, ...) tensor
+            term = functools.reduce(jnp.multiply, [_sf_rows(groups[:, :, k], rules[:, psi, k])
+                                                   for k in range(s)])
+            total = term if total is None else total + term
+        message, log_total = _normalise(total, 0)
+        log_evidence += jnp.sum(log_total, 0) - (width // s) * jnp.log(m)
+        messages.insert(0, message)
+    return messages, log_evidence - jnp.log(n_classes)
+
+
+def _sf_downward_step(level_tables, parent, child_up):
+    s = len(level_tables)
+    v, width, n = child_up.shape
+    nodes = width // s
+    groups = child_up.reshape(v, nodes, s, n)
+    children = []
+    for k, (parent_symbol, symbols, valid) in enumerate(level_tables):
+        total = None
+        for column in range(parent_symbol.shape[1]):
+            term = _sf_rows(parent, parent_symbol[:, column]) * valid[:, column, None, None].astype(parent.dtype)
+            for other in range(s):
+                if other != k:
+                    term = term * _sf_rows(groups[:, :, other], symbols[other, :, column])
+            total = term if total is None else total + term
+        children.append(total)
+    return _normalise(jnp.stack(children, axis=2).reshape(v, width, n), 0)[0]
+
+
+def sf_marginals(rules_list, n_classes, loglik, tables=None):
+    if tables is None:
+        tables = inverse_tables_jit(rules_list, loglik.shape[-1])
+    up, log_evidence = _sf_upward(rules_list, n_classes, loglik)
+    n = loglik.shape[0]
+    down = [jnp.full((n_classes, 1, n), 1 / n_classes, loglik.dtype)]
+    for level in range(len(rules_list)):
+        down.append(_sf_downward_step(tables[level], down[-1], up[level + 1]))
+    marginals = tuple(jnp.transpose(_normalise(u * w, 0)[0], (2, 1, 0)) for u, w in zip(up, down))
+    return marginals, log_evidence
+
+
+def sf_upward(rules_list, n_classes, loglik):
+    up, log_evidence = _sf_upward(rules_list, n_classes, loglik)
+    return up[0][:, 0].T, log_evidence
+
+
+def _sf_categorical(key, weight):
+    """One draw along axis 0 of ``(K, nodes, n)`` by inverse CDF (one uniform per column)."""
+    cdf = jnp.cumsum(weight, axis=0)
+    u = jax.random.uniform(key, (1,) + weight.shape[1:], cdf.dtype) * cdf[-1:]
+    return jnp.minimum(jnp.sum(cdf <= u, axis=0), weight.shape[0] - 1).astype(jnp.int32)
+
+
+def sf_sample(key, rules_list, n_classes, loglik):
+    up, _ = _sf_upward(rules_list, n_classes, loglik)
+    keys = jax.random.split(key, len(rules_list) + 1)
+    symbols = _sf_categorical(keys[0], up[0])  # (1, n)
+    latents = [symbols]
+    for level, rules in enumerate(rules_list):
+        n_l, m, s = rules.shape
+        nodes, n = symbols.shape
+        chosen = jnp.take(rules, symbols, axis=0, mode="clip")  # (nodes, n, m, s)
+        groups = up[level + 1].reshape(-1, nodes, s, n)
+        weight = None
+        for k in range(s):
+            index = jnp.transpose(chosen[..., k], (2, 0, 1))  # (m, nodes, n)
+            factor = jnp.take_along_axis(groups[:, :, k], index, axis=0, mode="clip")
+            weight = factor if weight is None else weight * factor
+        psi = _sf_categorical(keys[level + 1], weight)  # (nodes, n)
+        children = jnp.take_along_axis(chosen, psi[:, :, None, None], axis=2, mode="clip")[:, :, 0]
+        symbols = jnp.transpose(children, (0, 2, 1)).reshape(nodes * s, n)
+        latents.append(symbols)
+    return tuple(x.T for x in latents)
+
+
 # ---- harness ------------------------------------------------------------------------------
 def _estimate_bytes(impl, task, cfg: RHMConfig, batch):
     """Rough peak working set (bytes) to skip hopeless cases before compiling them."""
