@@ -18,17 +18,20 @@ Implementations (``--impl``):
 * ``numpy``: :mod:`rhm_jax.reference` (float64, loops over levels): the hand-written baseline.
 * ``pgmax``: PGMax sum-product BP on the same factor graph, in its own venv
   (``benchmarks/pgmax_bp.py`` through ``--pgmax-python``).
-* ``jax-bf-*``: self-contained copies of the original layout ``(n, nodes, n_l)`` (batch first,
-  symbols last: gathers index the minor axis). ``-onehot`` is the original downward pass
-  (recompute the gathered slots, one-hot einsum), ``-segsum`` scatter-adds instead,
-  ``-store`` keeps the gathered slots of the upward pass, ``-grad`` gets every marginal as
-  ``jax.grad`` of the log-evidence w.r.t. the leaf log-likelihoods and zero node potentials.
-* ``jax-bl*``: layout ``(nodes, n_l, n)`` (batch last: every gather copies whole rows of the
-  batch). Upward unrolls the sum over ``psi``; downward gathers through inverse tables
-  (for each child symbol ``b``, the slots ``(a, psi)`` with ``R[a, psi, k] = b``, padded)
-  instead of scattering. ``jax-bl`` builds the tables on the host from the concrete rules,
-  ``jax-bl-jit`` inside jit with the static bound ``min(n_l*m, v**(s-1))`` on the padding;
-  ``jax-bl-grad`` differentiates the batch-last upward pass.
+* ``jax-grad-leaf``: leaf marginals only, as ``jax.grad`` of the library's
+  ``upward(...).log_evidence`` w.r.t. the leaf log-likelihoods (no downward pass written).
+* ``jax-bf-*``: self-contained copies of the original formulation, layout ``(n, nodes, n_l)``
+  (batch first, symbols last: the gathers index the minor axis). ``-onehot`` is the
+  original downward pass (recompute the gathered slots, one-hot einsum), ``-segsum``
+  scatter-adds instead, ``-store`` keeps the gathered slots of the upward pass, ``-grad``
+  gets every marginal as ``jax.grad`` of the log-evidence w.r.t. the leaf log-likelihoods
+  and zero node potentials (``μ_l = ∂ log p / ∂ φ_l``).
+* ``jax-bl``: layout ``(nodes, n_l, n)`` (batch last: every gather copies a whole batch row),
+  sum over ``psi`` unrolled, downward through host-built inverse tables (for each child
+  symbol ``b`` the padded slots ``(a, psi)`` with ``R[a, psi, k] = b``: gathers, no scatter).
+
+The ``jax-*`` alternatives run only on the quick configs (they are for choosing a
+formulation); pass ``--config`` to force them elsewhere.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from common import (OverBudget, base_row, compile_jax, finish_row, message_floats, time_calls,
+from common import (RUN_ID, OverBudget, base_row, markdown_table, read_rows, compile_jax, finish_row, message_floats, time_calls,
                     traffic_bytes_per_datum, write_row)
 from rhm_jax import EpsilonProcess, RHMConfig, bp, sample_data, sample_grammar
 from rhm_jax.reference import numpy_marginals, numpy_sample_posterior, numpy_upward
@@ -58,15 +61,17 @@ FULL_CONFIGS = [(32, 8, 2, 9), (32, 8, 2, 12), (8, 4, 3, 5), (64, 16, 2, 8)]
 QUICK_CONFIGS = [(32, 8, 2, 9), (8, 4, 3, 5)]
 TASKS = ("marginals", "upward", "sample")
 VARIANTS = {  # impl -> tasks it implements
-    "jax": TASKS, "numpy": TASKS, "pgmax": ("marginals",),
+    "jax": TASKS, "numpy": TASKS, "pgmax": ("marginals",), "jax-grad-leaf": ("marginals",),
     "jax-bf-onehot": ("marginals", "upward"), "jax-bf-segsum": ("marginals",),
-    "jax-bf-store": ("marginals",), "jax-bf-grad": ("marginals",),
-    "jax-bl": TASKS, "jax-bl-jit": ("marginals",), "jax-bl-grad": ("marginals",),
+    "jax-bf-store": ("marginals",), "jax-bf-grad": ("marginals",), "jax-bl": TASKS,
 }
-QUICK_IMPLS = ("jax", "numpy", "pgmax", "jax-bl")
+QUICK_IMPLS = ("jax", "numpy", "pgmax")
 
 
 # ---- shared small pieces ------------------------------------------------------------------
+_barrier = jax.lax.optimization_barrier
+
+
 def _normalise(x, axis):
     """Normalise ``axis`` (all-zero slices become uniform); also the log of the sums."""
     total = jnp.sum(x, axis=axis, keepdims=True)
@@ -167,7 +172,7 @@ def _rows(x, index):
     return jnp.take(x, index, axis=1, mode="clip")
 
 
-def _bl_upward(rules_list, n_classes, loglik, potentials=None):
+def _bl_upward(rules_list, n_classes, loglik):
     message, log_norm = _leaf(jnp.transpose(loglik, (1, 2, 0)), 1)  # (d, v, n)
     log_evidence = jnp.sum(log_norm, axis=0)
     messages = [message]
@@ -181,9 +186,9 @@ def _bl_upward(rules_list, n_classes, loglik, potentials=None):
             term = functools.reduce(jnp.multiply, [_rows(groups[:, k], rules[:, psi, k])
                                                    for k in range(s)])
             total = term if total is None else total + term
-        if potentials is not None:
-            total = total * jnp.exp(potentials[level])
-        message, log_total = _normalise(total, 1)
+        # Barriers: without them XLA fuses the gathers into every consumer and recomputes them.
+        message, log_total = _normalise(_barrier(total), 1)
+        message = _barrier(message)
         log_evidence += jnp.sum(log_total, 0) - (width // s) * jnp.log(m)
         messages.insert(0, message)
     return messages, log_evidence - jnp.log(n_classes)
@@ -214,29 +219,6 @@ def inverse_tables_host(rules_list, v):
     return tuple(tables)
 
 
-def inverse_tables_jit(rules_list, v):
-    """Same tables inside jit: a stable argsort groups the slots by child symbol; the padding
-    ``C = min(n_l*m, v**(s-1))`` is static (rules are distinct tuples, so at most
-    ``v**(s-1)`` of them share a symbol at position k)."""
-    tables = []
-    for rules in rules_list:
-        n_l, m, s = rules.shape
-        flat_rules = rules.reshape(-1, s)
-        width = min(n_l * m, v ** (s - 1))
-        level = []
-        for k in range(s):
-            flat = flat_rules[:, k]
-            order = jnp.argsort(flat, stable=True)
-            counts = jnp.bincount(flat, length=v)
-            starts = jnp.cumsum(counts) - counts
-            column = jnp.arange(width)
-            ok = column[None, :] < counts[:, None]
-            slot = jnp.where(ok, order[jnp.minimum(starts[:, None] + column, n_l * m - 1)], 0)
-            level.append((slot // m, flat_rules[slot].transpose(2, 0, 1), ok.astype(jnp.float32)))
-        tables.append(tuple(level))
-    return tuple(tables)
-
-
 def _bl_downward_step(level_tables, parent, child_up):
     """``w_{child k}(b) = Σ_c valid[b,c] w(parent[b,c]) Π_{k'≠k} u_{k'}(symbols[k',b,c])``."""
     s = len(level_tables)
@@ -252,14 +234,11 @@ def _bl_downward_step(level_tables, parent, child_up):
                 if other != k:
                     term = term * _rows(groups[:, other], symbols[other, :, column])
             total = term if total is None else total + term
-        children.append(total)
-    return _normalise(jnp.stack(children, axis=1).reshape(nodes * s, v, n), 1)[0]
+        children.append(_barrier(total))
+    return _barrier(_normalise(jnp.stack(children, axis=1).reshape(nodes * s, v, n), 1)[0])
 
 
-def bl_marginals(rules_list, n_classes, loglik, tables=None):
-    v = loglik.shape[-1]
-    if tables is None:
-        tables = inverse_tables_jit(rules_list, v)
+def bl_marginals(rules_list, n_classes, loglik, tables):
     up, log_evidence = _bl_upward(rules_list, n_classes, loglik)
     n = loglik.shape[0]
     down = [jnp.full((1, n_classes, n), 1 / n_classes, loglik.dtype)]
@@ -272,21 +251,6 @@ def bl_marginals(rules_list, n_classes, loglik, tables=None):
 def bl_upward(rules_list, n_classes, loglik):
     up, log_evidence = _bl_upward(rules_list, n_classes, loglik)
     return up[0][0].T, log_evidence
-
-
-def bl_grad_marginals(rules_list, n_classes, loglik):
-    n = loglik.shape[0]
-    s = rules_list[0].shape[-1]
-    potentials = [jnp.zeros((s**level, r.shape[0], n), loglik.dtype)
-                  for level, r in enumerate(rules_list)]
-
-    def total_log_evidence(loglik, potentials):
-        log_evidence = _bl_upward(rules_list, n_classes, loglik, potentials)[1]
-        return jnp.sum(log_evidence), log_evidence
-
-    (_, log_evidence), (leaf_grad, node_grads) = jax.value_and_grad(
-        total_log_evidence, argnums=(0, 1), has_aux=True)(loglik, potentials)
-    return tuple(jnp.transpose(g, (2, 0, 1)) for g in node_grads) + (leaf_grad,), log_evidence
 
 
 def _bl_categorical(key, weight):
@@ -319,105 +283,13 @@ def bl_sample(key, rules_list, n_classes, loglik):
     return tuple(x.T for x in latents)
 
 
-# ---- symbol-first layout (n_l, nodes, n) --------------------------------------------------
-def _sf_rows(x, index):
-    """``x[index]``: whole ``(nodes, n)`` slabs; XLA's canonical gather, no transposes."""
-    return jnp.take(x, index, axis=0, mode="clip")
-
-
-def _sf_upward(rules_list, n_classes, loglik):
-    # Softmax in the input layout (minor-axis reductions are cheap), then one transpose.
-    message, log_norm = _leaf(loglik, -1)
-    message = jnp.transpose(message, (2, 1, 0))  # (v, d, n)
-    log_evidence = jnp.sum(log_norm, axis=-1)
-    messages = [message]
-    for level in range(len(rules_list) - 1, -1, -1):
-        rules = rules_list[level]
-        n_l, m, s = rules.shape
-        v, width, n = message.shape
-        groups = message.reshape(v, width // s, s, n)
-        total = None
-        for psi in range(m):  # unrolled: one fused pass, no (n_l, m, ...) tensor
-            term = functools.reduce(jnp.multiply, [_sf_rows(groups[:, :, k], rules[:, psi, k])
-                                                   for k in range(s)])
-            total = term if total is None else total + term
-        message, log_total = _normalise(total, 0)
-        log_evidence += jnp.sum(log_total, 0) - (width // s) * jnp.log(m)
-        messages.insert(0, message)
-    return messages, log_evidence - jnp.log(n_classes)
-
-
-def _sf_downward_step(level_tables, parent, child_up):
-    s = len(level_tables)
-    v, width, n = child_up.shape
-    nodes = width // s
-    groups = child_up.reshape(v, nodes, s, n)
-    children = []
-    for k, (parent_symbol, symbols, valid) in enumerate(level_tables):
-        total = None
-        for column in range(parent_symbol.shape[1]):
-            term = _sf_rows(parent, parent_symbol[:, column]) * valid[:, column, None, None].astype(parent.dtype)
-            for other in range(s):
-                if other != k:
-                    term = term * _sf_rows(groups[:, :, other], symbols[other, :, column])
-            total = term if total is None else total + term
-        children.append(total)
-    return _normalise(jnp.stack(children, axis=2).reshape(v, width, n), 0)[0]
-
-
-def sf_marginals(rules_list, n_classes, loglik, tables=None):
-    if tables is None:
-        tables = inverse_tables_jit(rules_list, loglik.shape[-1])
-    up, log_evidence = _sf_upward(rules_list, n_classes, loglik)
-    n = loglik.shape[0]
-    down = [jnp.full((n_classes, 1, n), 1 / n_classes, loglik.dtype)]
-    for level in range(len(rules_list)):
-        down.append(_sf_downward_step(tables[level], down[-1], up[level + 1]))
-    marginals = tuple(jnp.transpose(_normalise(u * w, 0)[0], (2, 1, 0)) for u, w in zip(up, down))
-    return marginals, log_evidence
-
-
-def sf_upward(rules_list, n_classes, loglik):
-    up, log_evidence = _sf_upward(rules_list, n_classes, loglik)
-    return up[0][:, 0].T, log_evidence
-
-
-def _sf_categorical(key, weight):
-    """One draw along axis 0 of ``(K, nodes, n)`` by inverse CDF (one uniform per column)."""
-    cdf = jnp.cumsum(weight, axis=0)
-    u = jax.random.uniform(key, (1,) + weight.shape[1:], cdf.dtype) * cdf[-1:]
-    return jnp.minimum(jnp.sum(cdf <= u, axis=0), weight.shape[0] - 1).astype(jnp.int32)
-
-
-def sf_sample(key, rules_list, n_classes, loglik):
-    up, _ = _sf_upward(rules_list, n_classes, loglik)
-    keys = jax.random.split(key, len(rules_list) + 1)
-    symbols = _sf_categorical(keys[0], up[0])  # (1, n)
-    latents = [symbols]
-    for level, rules in enumerate(rules_list):
-        n_l, m, s = rules.shape
-        nodes, n = symbols.shape
-        chosen = jnp.take(rules, symbols, axis=0, mode="clip")  # (nodes, n, m, s)
-        groups = up[level + 1].reshape(-1, nodes, s, n)
-        weight = None
-        for k in range(s):
-            index = jnp.transpose(chosen[..., k], (2, 0, 1))  # (m, nodes, n)
-            factor = jnp.take_along_axis(groups[:, :, k], index, axis=0, mode="clip")
-            weight = factor if weight is None else weight * factor
-        psi = _sf_categorical(keys[level + 1], weight)  # (nodes, n)
-        children = jnp.take_along_axis(chosen, psi[:, :, None, None], axis=2, mode="clip")[:, :, 0]
-        symbols = jnp.transpose(children, (0, 2, 1)).reshape(nodes * s, n)
-        latents.append(symbols)
-    return tuple(x.T for x in latents)
-
-
 # ---- harness ------------------------------------------------------------------------------
 def _estimate_bytes(impl, task, cfg: RHMConfig, batch):
     """Rough peak working set (bytes) to skip hopeless cases before compiling them."""
     sizes = message_floats(cfg.v, cfg.m, cfg.s, cfg.L, cfg.n_classes)
     slots = max(cfg.s**level * cfg.num_symbols(level) * cfg.m for level in range(cfg.L))
     itemsize = 8 if impl == "numpy" else 4
-    if impl.startswith("jax-bl"):
+    if impl in ("jax", "jax-grad-leaf", "jax-bl"):  # lower bound; XLA's own figure decides
         per_datum = 4 * sum(sizes) + 3 * max(sizes)
     elif task == "marginals":
         per_datum = 3 * sum(sizes) + (2 * cfg.s + 3) * slots
@@ -441,6 +313,9 @@ def _jax_case(impl, task, grammar, loglik, key):
               "sample": functools.partial(bp.sample_posterior, num_samples=1)}[task]
         args = (key, grammar, loglik) if task == "sample" else (grammar, loglik)
         return fn, args, (lambda out: out.marginals) if task == "marginals" else None
+    if impl == "jax-grad-leaf":
+        leaf_grad = jax.grad(lambda g, x: jnp.sum(bp.upward(g, x).log_evidence), argnums=1)
+        return leaf_grad, (grammar, loglik), lambda out: (out,)
     if task == "upward":
         fn = {"jax-bf-onehot": bf_upward, "jax-bl": bl_upward}[impl]
         return lambda rules, loglik: fn(rules, nc, loglik), (rules, loglik), None
@@ -454,8 +329,7 @@ def _jax_case(impl, task, grammar, loglik, key):
     fn = {"jax-bf-onehot": bf_marginals,
           "jax-bf-segsum": functools.partial(bf_marginals, scatter=True),
           "jax-bf-store": functools.partial(bf_marginals, store=True),
-          "jax-bf-grad": bf_grad_marginals, "jax-bl-jit": bl_marginals,
-          "jax-bl-grad": bl_grad_marginals}[impl]
+          "jax-bf-grad": bf_grad_marginals}[impl]
     return lambda rules, loglik: fn(rules, nc, loglik), (rules, loglik), first
 
 
@@ -475,7 +349,8 @@ def run_jax(impl, task, grammar, loglik, reference, args, row, traffic):
         return row
     if marginals_of is not None and reference is not None:
         out = marginals_of(compiled(*call_args))
-        row["max_abs_diff"] = _max_diff([x[:len(reference[0])] for x in out], reference)
+        levels = reference if len(out) == len(reference) else reference[-len(out):]
+        row["max_abs_diff"] = _max_diff([x[:len(reference[0])] for x in out], levels)
     return finish_row(row, timing, traffic)
 
 
@@ -515,6 +390,7 @@ def run_pgmax(grammar, loglik, reference, batches, args, mode):
         arrays.update({f"reference{level}": np.asarray(x) for level, x in enumerate(reference)})
         np.savez(case, loglik=np.asarray(loglik[:max(batches)]), **arrays)
         meta = dict(config=config, batches=list(batches), repeats=args.repeats, mode=mode,
+                    run_id=RUN_ID,
                     out=str(args.out) if args.out else None, budget_s=args.case_budget_s)
         command = [python, str(HERE / "pgmax_bp.py"), str(case), json.dumps(meta)]
         env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
@@ -544,40 +420,51 @@ def parse_args(argv=None):
     p.add_argument("--config", nargs="+", help="configs as v,m,s,L (default: by mode)")
     p.add_argument("--batch", nargs="+", type=int, help="batch sizes (default: by mode)")
     p.add_argument("--numpy-batch", nargs="+", type=int, help="batches for numpy (default: by mode)")
-    p.add_argument("--pgmax-batch", nargs="+", type=int, default=[64])
-    p.add_argument("--repeats", type=int, default=None, help="timed runs (>= 5)")
+    p.add_argument("--pgmax-batch", nargs="+", type=int, help="batches for PGMax (default: by mode)")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs (at least 5)")
     p.add_argument("--max-gb", type=float, default=8.0, help="skip cases needing more memory")
-    p.add_argument("--case-budget-s", type=float, default=None, help="skip slower cases")
+    p.add_argument("--case-budget-s", type=float, default=None,
+                   help="skip cases whose warm-up + repeats would take longer (default by mode)")
     p.add_argument("--pgmax-python", default=os.environ.get("PGMAX_PYTHON", "/work/.venv-pgmax/bin/python"),
                    help="interpreter of a venv with pgmax installed")
-    p.add_argument("--pgmax-timeout-s", type=float, default=900)
+    p.add_argument("--pgmax-timeout-s", type=float, default=600)
+    p.add_argument("--table", metavar="JSONL", help="only print a markdown table of JSONL's rows")
     args = p.parse_args(argv)
     args.impl = args.impl or list(QUICK_IMPLS if args.quick else VARIANTS)
-    args.repeats = max(args.repeats or 5, 5)
+    args.repeats = max(args.repeats, 5)
+    args.explicit_configs = bool(args.config)
     configs = [tuple(int(x) for x in c.split(",")) for c in args.config] if args.config else None
     args.configs = configs or (QUICK_CONFIGS if args.quick else FULL_CONFIGS)
     args.batches = args.batch or ([64, 1024] if args.quick else [64, 1024, 8192])
-    args.numpy_batches = args.numpy_batch or ([64] if args.quick else [64, 1024])
+    args.numpy_batches = args.numpy_batch or ([16] if args.quick else [64, 1024])
+    args.pgmax_batches = args.pgmax_batch or ([16] if args.quick else [64])
     args.case_budget_s = args.case_budget_s or (20.0 if args.quick else 60.0)
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.table:
+        print(markdown_table(read_rows(args.table)))
+        return
     mode = "quick" if args.quick else "full"
     start = time.perf_counter()
+    seconds_per_datum = {}  # (impl, task, config) -> from the last batch, to skip hopeless ones
     for v, m, s, L in args.configs:
         cfg = RHMConfig(v=v, m=m, s=s, L=L)
         config = dict(v=v, m=m, s=s, L=L, n_classes=cfg.n_classes)
-        grammar, loglik_all = make_inputs(cfg, max(args.batches + args.numpy_batches))
-        # Reference marginals on the first 16 data: float64 NumPy, compared with every impl.
+        grammar, loglik_all = make_inputs(cfg, max(args.batches + args.numpy_batches + args.pgmax_batches))
+        # Reference marginals of the first 16 data (float64 NumPy), compared with every impl.
         reference = numpy_marginals([np.asarray(r) for r in grammar.rules], cfg.n_classes,
                                     np.asarray(loglik_all[:16], np.float64))[0]
         if "pgmax" in args.impl and "marginals" in args.task:
-            run_pgmax(grammar, loglik_all, reference, args.pgmax_batch, args, mode)
+            run_pgmax(grammar, loglik_all, reference, args.pgmax_batches, args, mode)
         for task in args.task:
             for impl in args.impl:
                 if impl == "pgmax" or task not in VARIANTS[impl]:
+                    continue
+                alternative = impl.startswith("jax-")
+                if alternative and not args.explicit_configs and (v, m, s, L) not in QUICK_CONFIGS:
                     continue
                 batches = args.numpy_batches if impl == "numpy" else args.batches
                 for batch in batches:
@@ -585,15 +472,20 @@ def main(argv=None):
                     itemsize = 8 if impl == "numpy" else 4
                     traffic = traffic_bytes_per_datum(task, v, m, s, L, cfg.n_classes, itemsize)
                     estimate = _estimate_bytes(impl, task, cfg, batch)
+                    per_datum = seconds_per_datum.get((impl, task, (v, m, s, L)))
                     if estimate > args.max_gb * 1e9:
                         row["skipped"] = f"estimated {estimate / 1e9:.1f} GB > {args.max_gb} GB"
-                        write_row(args.out, row)
-                        continue
-                    loglik = loglik_all[:batch]
-                    if impl == "numpy":
-                        row = run_numpy(task, grammar, loglik, reference, args, row, traffic)
+                    elif per_datum and per_datum * batch * (args.repeats + 1) > args.case_budget_s:
+                        row["skipped"] = (f"estimated {per_datum * batch * (args.repeats + 1):.0f} s "
+                                          f"(from the smaller batch) > budget {args.case_budget_s:.0f} s")
                     else:
-                        row = run_jax(impl, task, grammar, loglik, reference, args, row, traffic)
+                        loglik = loglik_all[:batch]
+                        if impl == "numpy":
+                            row = run_numpy(task, grammar, loglik, reference, args, row, traffic)
+                        else:
+                            row = run_jax(impl, task, grammar, loglik, reference, args, row, traffic)
+                        if "median_s" in row:
+                            seconds_per_datum[(impl, task, (v, m, s, L))] = row["median_s"] / batch
                     write_row(args.out, row)
                     jax.clear_caches()
     print(f"total {time.perf_counter() - start:.0f} s")

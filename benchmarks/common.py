@@ -26,6 +26,10 @@ import numpy as np
 
 MIN_REPEATS = 5
 
+#: Identifies one benchmark invocation (its rows share it; ratios are taken within a run).
+RUN_ID = os.environ.get("RHM_BENCH_RUN_ID") or (
+    datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}")
+
 
 def versions() -> dict:
     """Versions of the packages that matter for the numbers."""
@@ -211,7 +215,7 @@ def traffic_bytes_per_datum(task: str, v: int, m: int, s: int, L: int, n_classes
 # ---- rows ---------------------------------------------------------------------------------
 def base_row(*, task: str, impl: str, config: dict, batch: int, mode: str) -> dict:
     return {"time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "task": task, "impl": impl, "config": config, "batch": batch, "mode": mode,
+            "run_id": RUN_ID, "task": task, "impl": impl, "config": config, "batch": batch, "mode": mode,
             "device": device_info(), "versions": versions()}
 
 
@@ -258,3 +262,48 @@ def _jsonable(x):
     if isinstance(x, np.ndarray):
         return x.tolist()
     return str(x)
+
+
+# ---- reporting ----------------------------------------------------------------------------
+def read_rows(path) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def markdown_table(rows: list[dict], baselines=("numpy", "pgmax")) -> str:
+    """Median data/s per (task, config, batch) and impl, newest run of each (impl, mode),
+    with ``jax / baseline`` ratios taken within one run (baseline at its largest batch)."""
+    latest = {}
+    for row in rows:  # file order = time order: later rows win
+        latest[(row["task"], row["impl"], _config_str(row["config"]), row["batch"], row["mode"])] = row
+    by_run = {}
+    for row in latest.values():
+        if not row.get("skipped"):
+            key = (row.get("run_id", row["mode"]), row["task"], _config_str(row["config"]), row["impl"])
+            if key not in by_run or row["batch"] > by_run[key]["batch"]:
+                by_run[key] = row
+    impls = sorted({k[1] for k in latest}, key=lambda x: (x != "jax", x))
+    lines = ["| task | config | batch | mode | " + " | ".join(impls) + " | "
+             + " | ".join(f"jax/{b}" for b in baselines) + " |",
+             "|" + "---|" * (4 + len(impls) + len(baselines))]
+    keys = sorted({(k[0], k[2], k[3], k[4]) for k in latest},
+                  key=lambda k: (k[3], TASK_ORDER.get(k[0], 9), k[1], k[2]))
+    for task, config, batch, mode in keys:
+        cells, ratios = [], []
+        for impl in impls:
+            row = latest.get((task, impl, config, batch, mode))
+            cells.append("" if row is None else ("skip" if row.get("skipped")
+                                                 else f"{row['data_per_s']:,.0f}"))
+        jax_row = latest.get((task, "jax", config, batch, mode))
+        for base in baselines:
+            ref = by_run.get(((jax_row or {}).get("run_id", mode), task, config, base))
+            if jax_row and not jax_row.get("skipped") and ref:
+                ratios.append(f"{jax_row['data_per_s'] / ref['data_per_s']:,.0f}x (@{ref['batch']})")
+            else:
+                ratios.append("")
+        lines.append(f"| {task} | {config} | {batch} | {mode} | " + " | ".join(cells) + " | "
+                     + " | ".join(ratios) + " |")
+    return "\n".join(lines)
+
+
+TASK_ORDER = {"marginals": 0, "upward": 1, "sample": 2}

@@ -20,6 +20,7 @@ damping at temperature 1 (sum-product), batched with ``jax.vmap`` over the evide
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import types
@@ -31,6 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+if len(sys.argv) > 2 and json.loads(sys.argv[2]).get("run_id"):  # share the parent's run id
+    os.environ["RHM_BENCH_RUN_ID"] = json.loads(sys.argv[2])["run_id"]
 from common import (OverBudget, base_row, compile_jax, finish_row, time_calls,  # noqa: E402
                     traffic_bytes_per_datum, write_row)
 
