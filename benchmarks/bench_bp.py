@@ -26,12 +26,14 @@ Implementations (``--impl``):
   scatter-adds instead, ``-store`` keeps the gathered slots of the upward pass, ``-grad``
   gets every marginal as ``jax.grad`` of the log-evidence w.r.t. the leaf log-likelihoods
   and zero node potentials (``μ_l = ∂ log p / ∂ φ_l``).
+* ``jax-chunk64``: the library under ``jax.lax.map`` over chunks of 64 data (smaller
+  working set per step; tests whether large batches lose to cache/allocation effects).
 * ``jax-bl``: layout ``(nodes, n_l, n)`` (batch last: every gather copies a whole batch row),
   sum over ``psi`` unrolled, downward through host-built inverse tables (for each child
   symbol ``b`` the padded slots ``(a, psi)`` with ``R[a, psi, k] = b``: gathers, no scatter).
 
-The ``jax-*`` alternatives run only on the quick configs (they are for choosing a
-formulation); pass ``--config`` to force them elsewhere.
+The ``jax-*`` alternatives run only on the quick configs at batch 1024 (they are for
+choosing a formulation); pass ``--config`` / ``--batch`` to run them elsewhere.
 """
 
 from __future__ import annotations
@@ -64,8 +66,10 @@ VARIANTS = {  # impl -> tasks it implements
     "jax": TASKS, "numpy": TASKS, "pgmax": ("marginals",), "jax-grad-leaf": ("marginals",),
     "jax-bf-onehot": ("marginals", "upward"), "jax-bf-segsum": ("marginals",),
     "jax-bf-store": ("marginals",), "jax-bf-grad": ("marginals",), "jax-bl": TASKS,
+    "jax-chunk64": TASKS,
 }
 QUICK_IMPLS = ("jax", "numpy", "pgmax")
+ALTERNATIVES_BATCH = 1024  # the target batch of the issue
 
 
 # ---- shared small pieces ------------------------------------------------------------------
@@ -313,6 +317,8 @@ def _jax_case(impl, task, grammar, loglik, key):
               "sample": functools.partial(bp.sample_posterior, num_samples=1)}[task]
         args = (key, grammar, loglik) if task == "sample" else (grammar, loglik)
         return fn, args, (lambda out: out.marginals) if task == "marginals" else None
+    if impl.startswith("jax-chunk"):
+        return _chunked(task, int(impl[len("jax-chunk"):]), grammar, loglik, key)
     if impl == "jax-grad-leaf":
         leaf_grad = jax.grad(lambda g, x: jnp.sum(bp.upward(g, x).log_evidence), argnums=1)
         return leaf_grad, (grammar, loglik), lambda out: (out,)
@@ -331,6 +337,22 @@ def _jax_case(impl, task, grammar, loglik, key):
           "jax-bf-store": functools.partial(bf_marginals, store=True),
           "jax-bf-grad": bf_grad_marginals}[impl]
     return lambda rules, loglik: fn(rules, nc, loglik), (rules, loglik), first
+
+
+def _chunked(task, chunk, grammar, loglik, key):
+    """The library mapped over batch chunks (``lax.map``): a small working set per step."""
+    n = loglik.shape[0]
+    chunk = min(chunk, n)
+    pieces = loglik.reshape(n // chunk, chunk, *loglik.shape[1:])
+    merge = lambda tree: jax.tree.map(lambda x: x.reshape(n, *x.shape[2:]), tree)  # noqa: E731
+    if task == "sample":
+        def fn(key, grammar, pieces):
+            keys = jax.random.split(key, pieces.shape[0])
+            return merge(jax.lax.map(lambda a: bp.sample_posterior(a[0], grammar, a[1]), (keys, pieces)))
+        return fn, (key, grammar, pieces), None
+    library = {"marginals": bp.marginals, "upward": bp.upward}[task]
+    fn = lambda grammar, pieces: merge(jax.lax.map(lambda x: library(grammar, x), pieces))  # noqa: E731
+    return fn, (grammar, pieces), (lambda out: out.marginals) if task == "marginals" else None
 
 
 def run_jax(impl, task, grammar, loglik, reference, args, row, traffic):
@@ -436,9 +458,9 @@ def parse_args(argv=None):
     configs = [tuple(int(x) for x in c.split(",")) for c in args.config] if args.config else None
     args.configs = configs or (QUICK_CONFIGS if args.quick else FULL_CONFIGS)
     args.batches = args.batch or ([64, 1024] if args.quick else [64, 1024, 8192])
-    args.numpy_batches = args.numpy_batch or ([16] if args.quick else [64, 1024])
+    args.numpy_batches = args.numpy_batch or ([16] if args.quick else [16, 64, 1024])
     args.pgmax_batches = args.pgmax_batch or ([16] if args.quick else [64])
-    args.case_budget_s = args.case_budget_s or (20.0 if args.quick else 60.0)
+    args.case_budget_s = args.case_budget_s or (20.0 if args.quick else 100.0)
     return args
 
 
@@ -467,6 +489,8 @@ def main(argv=None):
                 if alternative and not args.explicit_configs and (v, m, s, L) not in QUICK_CONFIGS:
                     continue
                 batches = args.numpy_batches if impl == "numpy" else args.batches
+                if alternative and not args.batch:
+                    batches = [ALTERNATIVES_BATCH]
                 for batch in batches:
                     row = base_row(task=task, impl=impl, config=config, batch=batch, mode=mode)
                     itemsize = 8 if impl == "numpy" else 4

@@ -271,8 +271,9 @@ def read_rows(path) -> list[dict]:
 
 
 def markdown_table(rows: list[dict], baselines=("numpy", "pgmax")) -> str:
-    """Median data/s per (task, config, batch) and impl, newest run of each (impl, mode),
-    with ``jax / baseline`` ratios taken within one run (baseline at its largest batch)."""
+    """Median data/s per (task, config, batch) and impl (newest row of each), with
+    ``jax / baseline`` ratios taken within one run against the baseline's best batch (its
+    highest data/s: NumPy is fastest per datum at small batches), shown as ``(@batch)``."""
     latest = {}
     for row in rows:  # file order = time order: later rows win
         latest[(row["task"], row["impl"], _config_str(row["config"]), row["batch"], row["mode"])] = row
@@ -280,7 +281,7 @@ def markdown_table(rows: list[dict], baselines=("numpy", "pgmax")) -> str:
     for row in latest.values():
         if not row.get("skipped"):
             key = (row.get("run_id", row["mode"]), row["task"], _config_str(row["config"]), row["impl"])
-            if key not in by_run or row["batch"] > by_run[key]["batch"]:
+            if key not in by_run or row["data_per_s"] > by_run[key]["data_per_s"]:
                 by_run[key] = row
     impls = sorted({k[1] for k in latest}, key=lambda x: (x != "jax", x))
     lines = ["| task | config | batch | mode | " + " | ".join(impls) + " | "
