@@ -214,9 +214,11 @@ def traffic_bytes_per_datum(task: str, v: int, m: int, s: int, L: int, n_classes
 
 # ---- rows ---------------------------------------------------------------------------------
 def base_row(*, task: str, impl: str, config: dict, batch: int, mode: str) -> dict:
+    info = device_info()
     return {"time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "run_id": RUN_ID, "task": task, "impl": impl, "config": config, "batch": batch, "mode": mode,
-            "device": device_info(), "versions": versions()}
+            "run_id": RUN_ID, "task": task, "implementation": impl, "config": config,
+            "batch": batch, "mode": mode, "device_kind": info["device_kind"], "device": info,
+            "versions": versions()}
 
 
 def finish_row(row: dict, timing: dict | None, traffic: dict | None) -> dict:
@@ -233,7 +235,7 @@ def finish_row(row: dict, timing: dict | None, traffic: dict | None) -> dict:
 
 def write_row(path: str | os.PathLike | None, row: dict) -> None:
     """Append one JSON line (and print a one-line summary)."""
-    summary = (f"{row['task']:9s} {row['impl']:18s} {_config_str(row['config']):>14s} "
+    summary = (f"{row['task']:9s} {_impl(row):18s} {_config_str(row['config']):>14s} "
                f"batch {row['batch']:5d}: ")
     if row.get("skipped"):
         summary += f"skipped ({row['skipped']})"
@@ -250,8 +252,14 @@ def write_row(path: str | os.PathLike | None, row: dict) -> None:
             f.write(json.dumps(row, default=_jsonable) + "\n")
 
 
-def _config_str(config: dict) -> str:
-    return "({v},{m},{s},{L})".format(**config)
+def _config_str(config) -> str:
+    if isinstance(config, dict):
+        return "({v},{m},{s},{L})".format(**config)
+    return "(" + ",".join(str(x) for x in config) + ")"
+
+
+def _impl(row: dict) -> str:
+    return row.get("implementation") or row["impl"]
 
 
 def _jsonable(x):
@@ -276,11 +284,12 @@ def markdown_table(rows: list[dict], baselines=("numpy", "pgmax")) -> str:
     highest data/s: NumPy is fastest per datum at small batches), shown as ``(@batch)``."""
     latest = {}
     for row in rows:  # file order = time order: later rows win
-        latest[(row["task"], row["impl"], _config_str(row["config"]), row["batch"], row["mode"])] = row
+        latest[(row["task"], _impl(row), _config_str(row["config"]), row["batch"],
+                row.get("mode", "?"))] = row
     by_run = {}
     for row in latest.values():
         if not row.get("skipped"):
-            key = (row.get("run_id", row["mode"]), row["task"], _config_str(row["config"]), row["impl"])
+            key = (row.get("run_id", row.get("mode", "?")), row["task"], _config_str(row["config"]), _impl(row))
             if key not in by_run or row["data_per_s"] > by_run[key]["data_per_s"]:
                 by_run[key] = row
     impls = sorted({k[1] for k in latest}, key=lambda x: (x != "jax", x))
