@@ -13,10 +13,15 @@ the uniform one, so every later quantity stays finite. Documented fallback: wher
 ``log_evidence == -inf`` the marginals are finite, normalised, but carry no meaning (nodes
 with no explanation get the uniform marginal). No NaN is ever produced.
 
-Layout. Results are one array per level, ``(n, s**l, n_l)``. Internally messages are
-``(n, n_l, s**l)``: symbols before nodes, so the gathers ``u[:, rules[a, psi, k]]`` copy
-whole contiguous rows of nodes and fuse with the products and sums around them (the
-measurements that chose this layout are in ``benchmarks/README.md``).
+Layout. Results are one array per level, ``(n, s**l, n_l)``. Internally a chunk of ``c``
+data is processed at a time and messages are ``(c, n_l, s**l)``: symbols before nodes, so
+the gathers ``u[:, rules[a, psi, k]]`` copy whole contiguous rows of nodes and fuse with
+the products and sums around them. Nodes are stored in *digit-reversed* order (node
+``j*s + k`` of level ``l+1`` sits at ``k * s**l + j``), so the ``k``-th children of all
+parents form one contiguous block and no strided slice is ever taken. The batch is
+processed in chunks (``jax.lax.map``) small enough for a level's messages to stay in cache
+on CPU; on accelerators the chunks are large. The measurements that chose all this are in
+``benchmarks/README.md``.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rhm_jax.grammar import Grammar, InverseTable, inverse_table, max_slots_per_child
+from rhm_jax.grammar import (Grammar, InverseTable, inverse_table, max_slots_per_child,
+                             with_inverse_tables)
 from rhm_jax.sampling import Data
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -75,13 +81,39 @@ def _normalise(x: jax.Array, axis: int = 1):
     return normed, jnp.log(jnp.squeeze(total, axis))
 
 
-def _leaf_messages(leaf_log_likelihood: jax.Array):
-    """Scaled leaf messages ``u_L`` ``(n, v, d)`` and per-token log-normalisers ``(n, d)``."""
-    loglik = jnp.swapaxes(leaf_log_likelihood, 1, 2)
-    peak = jnp.max(loglik, axis=1, keepdims=True)
+def reverse_digits(x: jax.Array, s: int, axis: int = -1) -> jax.Array:
+    """Permute a node axis of size ``s**l`` between natural and digit-reversed order.
+
+    Natural node ``j = d_1 s^{l-1} + ... + d_l`` (``d_1`` the first branch) sits at
+    position ``d_l s^{l-1} + ... + d_1`` in the internal order. The map is an involution
+    and a pure transpose (no gather).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> reverse_digits(jnp.arange(8), 2).tolist()
+      [0, 4, 2, 6, 1, 5, 3, 7]
+    """
+    axis = axis % x.ndim
+    size, depth = x.shape[axis], 0
+    while s**depth < size:
+        depth += 1
+    if s**depth != size:
+        raise ValueError(f"axis {axis} has size {size}, which is not a power of s = {s}")
+    if depth <= 1:
+        return x
+    split = x.reshape(x.shape[:axis] + (s,) * depth + x.shape[axis + 1:])
+    order = (list(range(axis)) + list(range(axis + depth - 1, axis - 1, -1))
+             + list(range(axis + depth, split.ndim)))
+    return split.transpose(order).reshape(x.shape)
+
+
+def _leaf_messages(leaf_log_likelihood: jax.Array, s: int):
+    """Scaled leaf messages ``u_L`` ``(c, v, d)`` (internal order) and log-normalisers ``(c, d)``."""
+    peak = jnp.max(leaf_log_likelihood, axis=-1, keepdims=True)
     peak = jnp.where(jnp.isfinite(peak), peak, 0)  # an all -inf row: impossible token
-    scaled, log_total = _normalise(jnp.exp(loglik - peak))
-    return jax.lax.optimization_barrier(scaled), log_total + peak[:, 0]
+    scaled, log_total = _normalise(jnp.exp(leaf_log_likelihood - peak), axis=-1)
+    scaled = reverse_digits(jnp.swapaxes(scaled, 1, 2), s, axis=2)
+    return jax.lax.optimization_barrier(scaled), log_total + peak[..., 0]
 
 
 def _rows(x: jax.Array, index) -> jax.Array:
@@ -97,34 +129,42 @@ UNROLL = 4
 
 
 def _accumulate(body, count: int, init):
-    """``Σ_i body(i)`` as a ``fori_loop`` unrolled ``UNROLL`` times.
+    """``Σ_i body(i)`` as a ``fori_loop`` unrolled ``UNROLL`` times (at least two trips).
 
     Unrolling lets XLA fuse a few gathers with their products and sum into one pass over
-    memory; the loop keeps the program (hence compile time) small for large ``m``.
+    memory. The loop itself matters too: its carry is a materialised buffer, where a fully
+    unrolled sum (no loop) makes XLA CPU materialise every gather separately for the
+    normalisation that follows (measured 4x slower on the leaf level of (32, 8, 2, 9)).
     """
-    return jax.lax.fori_loop(0, count, body, init, unroll=min(UNROLL, count))
+    return jax.lax.fori_loop(0, count, body, init, unroll=max(1, min(UNROLL, count // 2)))
+
+
+def _children(message: jax.Array, s: int) -> jax.Array:
+    """``(c, v, s*nodes)`` → ``(c, v, s, nodes)``: ``[:, :, k]`` are the ``k``-th children."""
+    c, v, width = message.shape
+    return message.reshape(c, v, s, width // s)
 
 
 def _upward_step(rules: jax.Array, child: jax.Array):
     """``u_{l,j}(a) ∝ Σ_psi Π_k u_{l+1, j*s+k}(R_l[a, psi, k])`` (DESIGN.md §3).
 
-    Layout ``(n, symbols, nodes)``. The sum over ``psi`` is unrolled so that XLA fuses the
-    row gathers, products and sum into one pass that never materialises the
-    ``(n, n_l, m, nodes)`` tensor (13x faster on CPU than gathering all slots at once).
+    The sum over ``psi`` is unrolled so that XLA fuses the row gathers, products and sum
+    into one pass that never materialises the ``(c, n_l, m, nodes)`` tensor.
 
     Returns the normalised message and ``log(normaliser) - log m`` per node (the ``1/m``
     is the uniform rule prior).
     """
     n_l, m, s = rules.shape
-    n, v, width = child.shape
-    groups = child.reshape(n, v, width // s, s)
+    groups = _children(child, s)
+    c, _, _, nodes = groups.shape
+
     def add_rule(psi, total):
-        product = _rows(groups[..., 0], rules[:, psi, 0])
+        product = _rows(groups[:, :, 0], rules[:, psi, 0])
         for k in range(1, s):
-            product = product * _rows(groups[..., k], rules[:, psi, k])
+            product = product * _rows(groups[:, :, k], rules[:, psi, k])
         return total + product
 
-    total = _accumulate(add_rule, m, jnp.zeros((n, n_l, width // s), child.dtype))
+    total = _accumulate(add_rule, m, jnp.zeros((c, n_l, nodes), child.dtype))
     # Barriers materialise the sum before its normalisation and the message before the
     # next level: otherwise XLA fuses the gathers into every consumer and recomputes them
     # (measured 15x slower at (32, 8, 2, 9), and compile time exponential in L).
@@ -134,9 +174,9 @@ def _upward_step(rules: jax.Array, child: jax.Array):
 
 
 def _upward(grammar: Grammar, leaf_log_likelihood: jax.Array):
-    """Upward pass in the internal layout: (messages over levels, class posterior, log p)."""
+    """Upward pass on one chunk, internal layout: (messages over levels, class posterior, log p)."""
     cfg = grammar.config
-    message, log_norm = _leaf_messages(leaf_log_likelihood)
+    message, log_norm = _leaf_messages(leaf_log_likelihood, cfg.s)
     log_evidence = jnp.sum(log_norm, axis=-1)
     messages = [message]
     for level in range(cfg.L - 1, -1, -1):
@@ -164,50 +204,116 @@ def _downward_step(table: InverseTable, parent: jax.Array, child_upward: jax.Arr
     there is no scatter-add: on CPU this is 4-6x faster than a scatter or a one-hot matmul.
     """
     s, v, num_slots = table.parent.shape
-    n, n_l, nodes = parent.shape
-    padded = jnp.concatenate([parent, jnp.zeros((n, 1, nodes), parent.dtype)], axis=1)
-    groups = child_upward.reshape(n, v, nodes, s)
+    c, n_l, nodes = parent.shape
+    padded = jnp.concatenate([parent, jnp.zeros((c, 1, nodes), parent.dtype)], axis=1)
+    groups = _children(child_upward, s)
     children = []
     for k in range(s):
-        def add_slot(c, total, k=k):
-            term = _rows(padded, table.parent[k, :, c])
+        def add_slot(slot, total, k=k):
+            term = _rows(padded, table.parent[k, :, slot])
             for other in range(s):
                 if other != k:
-                    term = term * _rows(groups[..., other], table.tuples[k, :, c, other])
+                    term = term * _rows(groups[:, :, other], table.tuples[k, :, slot, other])
             return total + term
 
-        total = _accumulate(add_slot, num_slots, jnp.zeros((n, v, nodes), parent.dtype))
+        total = _accumulate(add_slot, num_slots, jnp.zeros((c, v, nodes), parent.dtype))
         children.append(jax.lax.optimization_barrier(total))
-    stacked = jnp.stack(children, axis=-1).reshape(n, v, nodes * s)
+    stacked = jnp.stack(children, axis=2).reshape(c, v, s * nodes)  # internal order
     return jax.lax.optimization_barrier(_normalise(stacked)[0])  # see _upward_step
 
 
-def _to_public(x: jax.Array) -> jax.Array:
-    """Internal ``(n, symbols, nodes)`` → public ``(n, nodes, symbols)``."""
-    return jnp.swapaxes(x, 1, 2)
-
-
 def _marginals_internal(grammar: Grammar, leaf_log_likelihood: jax.Array):
+    """Full BP on one chunk, internal layout: (marginals, upward, downward, log p)."""
     cfg = grammar.config
     messages, _, log_evidence = _upward(grammar, leaf_log_likelihood)
-    n = leaf_log_likelihood.shape[0]
+    c = leaf_log_likelihood.shape[0]
     dtype = messages[0].dtype
-    downward = [jnp.full((n, cfg.n_classes, 1), 1 / cfg.n_classes, dtype)]
+    downward = [jnp.full((c, cfg.n_classes, 1), 1 / cfg.n_classes, dtype)]
     for level, table in enumerate(_inverse_tables(grammar)):
         downward.append(_downward_step(table, downward[-1], messages[level + 1]))
     marginals = tuple(_normalise(u * w)[0] for u, w in zip(messages, downward))
     return marginals, messages, tuple(downward), log_evidence
 
 
-def _marginals(grammar: Grammar, leaf_log_likelihood: jax.Array) -> BPResult:
-    marginals, messages, downward, log_evidence = _marginals_internal(grammar, leaf_log_likelihood)
-    return BPResult(*(tuple(map(_to_public, x)) for x in (marginals, messages, downward)),
-                    log_evidence)
+def _to_public(x: jax.Array, s: int) -> jax.Array:
+    """Internal ``(c, symbols, nodes)`` (digit-reversed nodes) → public ``(c, nodes, symbols)``."""
+    return jnp.swapaxes(reverse_digits(x, s, axis=2), 1, 2)
 
 
-def _upward_public(grammar: Grammar, leaf_log_likelihood: jax.Array) -> Upward:
-    messages, class_posterior, log_evidence = _upward(grammar, leaf_log_likelihood)
-    return Upward(tuple(map(_to_public, messages)), class_posterior, log_evidence)
+# ---- chunking -----------------------------------------------------------------------------
+CPU_CHUNK_BYTES = 2**21   # leaf messages of one chunk on CPU: about the size of L2
+ACCELERATOR_CHUNK_BYTES = 2**30
+
+
+def default_chunk_size(config, n: int | None = None, platform: str | None = None) -> int:
+    """Data per step of the chunked BP: the leaf messages of a chunk fill about
+    ``CPU_CHUNK_BYTES`` on CPU (so a level stays in cache) and ``ACCELERATOR_CHUNK_BYTES``
+    elsewhere (large batches keep an accelerator busy; the bound keeps memory finite).
+
+    Rounded down to a power of two and at least the device count; never above ``n``.
+    """
+    platform = platform or jax.default_backend()
+    budget = CPU_CHUNK_BYTES if platform == "cpu" else ACCELERATOR_CHUNK_BYTES
+    per_datum = 4 * config.v * config.d
+    chunk = 1 << max(0, (budget // per_datum).bit_length() - 1)
+    chunk = max(chunk, jax.device_count())
+    return chunk if n is None else max(1, min(chunk, n))
+
+
+def _map_chunks(fn, xs, chunk: int):
+    """``fn`` over the leading (batch) axis of the pytree ``xs`` in chunks of ``chunk``.
+
+    With one device, step ``b`` takes the contiguous data ``b*chunk ... (b+1)*chunk - 1``,
+    so splitting the inputs and joining the outputs are free reshapes. With several
+    devices, datum ``i = a * steps + b`` goes to step ``b``, row ``a``: the chunk axis is
+    then the major one, so a batch sharded over devices stays sharded (each device holds
+    a block of rows) while ``lax.map`` walks the unsharded step axis; joining the outputs
+    costs one device-local transpose. A ragged batch is padded by repeating its last
+    datum; the padding is dropped from the results.
+    """
+    n = jax.tree.leaves(xs)[0].shape[0]
+    if n <= chunk:
+        return fn(xs)
+    steps = -(-n // chunk)
+    if steps * chunk != n:
+        index = jnp.minimum(jnp.arange(steps * chunk), n - 1)
+        xs = jax.tree.map(lambda x: x[index], xs)
+    if jax.device_count() == 1:
+        ys = jax.lax.map(fn, jax.tree.map(lambda x: x.reshape(steps, chunk, *x.shape[1:]), xs))
+        return jax.tree.map(lambda y: y.reshape(steps * chunk, *y.shape[2:])[:n], ys)
+    xs = jax.tree.map(lambda x: jnp.swapaxes(x.reshape(chunk, steps, *x.shape[1:]), 0, 1), xs)
+    ys = jax.lax.map(fn, xs)
+    return jax.tree.map(lambda y: jnp.swapaxes(y, 0, 1).reshape(steps * chunk, *y.shape[2:])[:n], ys)
+
+
+def _resolve_chunk(grammar: Grammar, leaf_log_likelihood, chunk_size) -> int:
+    n = leaf_log_likelihood.shape[0]
+    if chunk_size is None:
+        return default_chunk_size(grammar.config, n)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size = {chunk_size!r} must be a positive integer")
+    return min(chunk_size, max(n, 1))
+
+
+def _marginals(grammar: Grammar, leaf_log_likelihood: jax.Array, chunk: int) -> BPResult:
+    s = grammar.config.s
+
+    def one_chunk(loglik):
+        marginals, messages, downward, log_evidence = _marginals_internal(grammar, loglik)
+        return BPResult(*(tuple(_to_public(x, s) for x in xs)
+                          for xs in (marginals, messages, downward)), log_evidence)
+
+    return _map_chunks(one_chunk, leaf_log_likelihood, chunk)
+
+
+def _upward_public(grammar: Grammar, leaf_log_likelihood: jax.Array, chunk: int) -> Upward:
+    s = grammar.config.s
+
+    def one_chunk(loglik):
+        messages, class_posterior, log_evidence = _upward(grammar, loglik)
+        return Upward(tuple(_to_public(x, s) for x in messages), class_posterior, log_evidence)
+
+    return _map_chunks(one_chunk, leaf_log_likelihood, chunk)
 
 
 def _check_leaf_log_likelihood(grammar: Grammar, leaf_log_likelihood) -> jax.Array:
@@ -225,16 +331,25 @@ def _check_leaf_log_likelihood(grammar: Grammar, leaf_log_likelihood) -> jax.Arr
     return leaf_log_likelihood
 
 
-_upward_jit = jax.jit(_upward_public)
-_marginals_jit = jax.jit(_marginals)
+def _with_tables(grammar: Grammar) -> Grammar:
+    """Attach inverse tables sized to concrete rules (about 2/3 the width of the safe bound
+    that traced rules need, so the downward pass is that much cheaper; the width is the
+    config's typical one, so a new grammar of the same config does not recompile)."""
+    return grammar if grammar.inverse is not None else with_inverse_tables(grammar)
 
 
-def upward(grammar: Grammar, leaf_log_likelihood) -> Upward:
+_upward_jit = jax.jit(_upward_public, static_argnames="chunk")
+_marginals_jit = jax.jit(_marginals, static_argnames="chunk")
+
+
+def upward(grammar: Grammar, leaf_log_likelihood, *, chunk_size: int | None = None) -> Upward:
     """Upward pass only: class posterior and ``log p(observation)`` (the fast path).
 
     Args:
       grammar: the rules.
       leaf_log_likelihood: ``(n, d, v)`` log-likelihoods ``log p(obs_i | x0_i = a)``.
+      chunk_size: data per step of the chunked computation (default
+        :func:`default_chunk_size`); results do not depend on it.
 
     Returns:
       :class:`Upward`.
@@ -248,15 +363,18 @@ def upward(grammar: Grammar, leaf_log_likelihood) -> Upward:
       >>> bool(jnp.all(jnp.argmax(upward(g, loglik).class_posterior, -1) == x.classes))
       True
     """
-    return _upward_jit(grammar, _check_leaf_log_likelihood(grammar, leaf_log_likelihood))
+    loglik = _check_leaf_log_likelihood(grammar, leaf_log_likelihood)
+    return _upward_jit(grammar, loglik, _resolve_chunk(grammar, loglik, chunk_size))
 
 
-def marginals(grammar: Grammar, leaf_log_likelihood) -> BPResult:
+def marginals(grammar: Grammar, leaf_log_likelihood, *, chunk_size: int | None = None) -> BPResult:
     """Exact posterior marginals of every level and the log-evidence (DESIGN.md §3).
 
     Args:
       grammar: the rules.
       leaf_log_likelihood: ``(n, d, v)`` log-likelihoods ``log p(obs_i | x0_i = a)``.
+      chunk_size: data per step of the chunked computation (default
+        :func:`default_chunk_size`); results do not depend on it.
 
     Returns:
       :class:`BPResult`.
@@ -272,65 +390,81 @@ def marginals(grammar: Grammar, leaf_log_likelihood) -> BPResult:
       >>> bool(jnp.allclose(bp.marginals[-1], jax.nn.one_hot(x.tokens, 8)))
       True
     """
-    return _marginals_jit(grammar, _check_leaf_log_likelihood(grammar, leaf_log_likelihood))
+    loglik = _check_leaf_log_likelihood(grammar, leaf_log_likelihood)
+    grammar = _with_tables(grammar)
+    return _marginals_jit(grammar, loglik, _resolve_chunk(grammar, loglik, chunk_size))
 
 
-def _sample_tree(key: jax.Array, grammar: Grammar, messages: tuple, class_posterior) -> Data:
+def _sample_tree(keys: jax.Array, grammar: Grammar, messages: tuple, class_posterior) -> Data:
     """One exact draw of the whole tree per datum from ``p(tree | observation)``.
 
     Root from its posterior; then, top-down, for each sampled symbol ``a`` the rule
     ``psi`` with probability ``∝ Π_k u_{child k}(R[a, psi, k])`` (DESIGN.md §3).
-    ``messages`` are the upward messages in the internal ``(n, symbols, nodes)`` layout.
+    ``keys`` are per datum ``(c,)``; ``messages`` are the upward messages in the internal
+    layout. The returned :class:`Data` is in natural node order.
     """
     cfg = grammar.config
-    n = class_posterior.shape[0]
-    # All Gumbel noise in one draw (Gumbel-max = categorical): one RNG call compiles far
-    # faster than L+1 categorical calls, and the barrier keeps it from being re-fused.
+    c = class_posterior.shape[0]
+    # All Gumbel noise of a datum in one draw (Gumbel-max = categorical): one RNG call
+    # compiles far faster than L+1 categorical calls; the barrier keeps it from being
+    # re-fused into every level.
     sizes = [cfg.n_classes] + [cfg.m * cfg.s**level for level in range(cfg.L)]
     offsets = np.cumsum([0] + sizes)
-    gumbel = jax.lax.optimization_barrier(
-        jax.random.gumbel(key, (n, int(offsets[-1])), class_posterior.dtype))
+    gumbel = jax.lax.optimization_barrier(jax.vmap(
+        lambda k: jax.random.gumbel(k, (int(offsets[-1]),), class_posterior.dtype))(keys))
     symbols = jnp.argmax(jnp.log(class_posterior) + gumbel[:, :offsets[1]], axis=-1)
     symbols = symbols[:, None].astype(jnp.int32)
     latents, psis = [symbols], []
     for level in range(cfg.L):
         nodes = symbols.shape[1]
-        # (n, m, nodes, s): the m candidate tuples of each node's sampled symbol
+        # (c, m, nodes, s): the m candidate tuples of each node's sampled symbol
         chosen = jnp.moveaxis(jnp.take(grammar.rules[level], symbols, axis=0, mode="clip"), 2, 1)
-        groups = messages[level + 1].reshape(n, cfg.v, nodes, cfg.s)
+        groups = _children(messages[level + 1], cfg.s)
         weight = 1
         for k in range(cfg.s):
-            weight = weight * jnp.take_along_axis(groups[..., k], chosen[..., k], axis=1,
+            weight = weight * jnp.take_along_axis(groups[:, :, k], chosen[..., k], axis=1,
                                                   mode="clip")
-        noise = gumbel[:, offsets[level + 1]:offsets[level + 2]].reshape(n, cfg.m, nodes)
+        noise = gumbel[:, offsets[level + 1]:offsets[level + 2]].reshape(c, cfg.m, nodes)
         psi = jnp.argmax(jnp.log(weight) + noise, axis=1).astype(jnp.int32)
         children = jnp.take_along_axis(chosen, psi[:, None, :, None], axis=1, mode="clip")[:, 0]
-        symbols = children.reshape(n, nodes * cfg.s)
+        symbols = jnp.swapaxes(children, 1, 2).reshape(c, cfg.s * nodes)  # internal order
         latents.append(symbols)
         psis.append(psi)
+    latents = [reverse_digits(x, cfg.s, axis=1) for x in latents]
+    psis = [reverse_digits(x, cfg.s, axis=1) for x in psis]
     digits = jnp.concatenate([latents[0]] + psis, axis=1)
     return Data(latents[-1], latents[0][:, 0], tuple(latents), digits)
 
 
-@partial(jax.jit, static_argnames="num_samples")
-def _sample_posterior(key, grammar, leaf_log_likelihood, num_samples):
-    messages, class_posterior, _ = _upward(grammar, leaf_log_likelihood)
-    draws = jax.vmap(lambda k: _sample_tree(k, grammar, messages, class_posterior))(
-        jax.random.split(key, num_samples))
-    return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), draws)  # (n, num_samples, ...)
+@partial(jax.jit, static_argnames=("num_samples", "chunk"))
+def _sample_posterior(key, grammar, leaf_log_likelihood, num_samples, chunk):
+    n = leaf_log_likelihood.shape[0]
+    keys = jax.random.split(key, (n, num_samples))  # per datum: independent of chunking
+
+    def one_chunk(batch):
+        loglik, keys = batch
+        messages, class_posterior, _ = _upward(grammar, loglik)
+        draws = jax.vmap(lambda k: _sample_tree(k, grammar, messages, class_posterior),
+                         in_axes=1, out_axes=1)(keys)
+        return draws  # (c, num_samples, ...)
+
+    return _map_chunks(one_chunk, (leaf_log_likelihood, keys), chunk)
 
 
 def sample_posterior(key: jax.Array, grammar: Grammar, leaf_log_likelihood,
-                     num_samples: int = 1) -> Data:
+                     num_samples: int = 1, *, chunk_size: int | None = None) -> Data:
     """Exact draws of whole trees from ``p(tree | observation)`` (DESIGN.md §3).
 
     This is exact backward diffusion from the observation's time in one shot.
 
     Args:
-      key: a PRNG key.
+      key: a PRNG key; datum ``i`` uses its own key split from it, so the draws do not
+        depend on ``chunk_size`` or on how the batch is sharded.
       grammar: the rules.
       leaf_log_likelihood: ``(n, d, v)``.
       num_samples: independent draws per datum (static).
+      chunk_size: data per step of the chunked computation (default
+        :func:`default_chunk_size`).
 
     Returns:
       :class:`Data` with a sample axis after the batch axis: ``tokens`` ``(n, S, d)``,
@@ -348,4 +482,5 @@ def sample_posterior(key: jax.Array, grammar: Grammar, leaf_log_likelihood,
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples = {num_samples!r} must be a positive integer")
     loglik = _check_leaf_log_likelihood(grammar, leaf_log_likelihood)
-    return _sample_posterior(key, grammar, loglik, num_samples)
+    return _sample_posterior(key, grammar, loglik, num_samples,
+                             _resolve_chunk(grammar, loglik, chunk_size))

@@ -93,15 +93,11 @@ def _chunk_sums(keys, weights, grammar, process, t):
     latents = [x[:, 0] for x in latents]
     marginals, messages, _, _ = bp._marginals_internal(
         grammar, process.leaf_log_likelihood(observation, t))
-    marginal = jnp.stack([_true_symbol_probability(mu, x)
+    s = grammar.config.s  # BP's internal node order is digit-reversed
+    marginal = jnp.stack([_true_symbol_probability(mu, bp.reverse_digits(x, s, axis=1))
                           for mu, x in zip(marginals, latents)], axis=-1)
-
-    def one_draw(key, messages, class_posterior):
-        batch1 = jax.tree.map(lambda x: x[None], (messages, class_posterior))
-        return bp._sample_tree(key, grammar, *batch1).latents
-
-    drawn = jax.vmap(one_draw)(post_keys, messages, marginals[0][:, :, 0])
-    sampled = jnp.stack([jnp.mean(d[:, 0] == x, axis=-1)
+    drawn = bp._sample_tree(post_keys, grammar, messages, marginals[0][:, :, 0]).latents
+    sampled = jnp.stack([jnp.mean(d == x, axis=-1)
                          for d, x in zip(drawn, latents)], axis=-1).astype(marginal.dtype)
     w = weights[:, None].astype(marginal.dtype)
     return jnp.stack([jnp.stack([jnp.sum(w * x, 0), jnp.sum(w * x * x, 0)])

@@ -152,10 +152,42 @@ def test_jit_matches_no_jit():
 def test_no_retrace_for_new_inputs():
     cfg = RHMConfig(v=5, m=2, s=2, L=3)
     counted = chex.assert_max_traces(bp._marginals, n=1)
-    fn = jax.jit(counted)
+    fn = jax.jit(counted, static_argnames="chunk")
     for seed in range(3):
         g = sample_grammar(jax.random.key(seed), cfg)
-        fn(g, _random_loglik(jax.random.key(seed), cfg, 4))
+        fn(g, _random_loglik(jax.random.key(seed), cfg, 4), chunk=2)
+
+
+@pytest.mark.parametrize("s", [2, 3])
+def test_reverse_digits_is_the_digit_reversal_and_an_involution(s):
+    depth = 3
+    x = jnp.arange(s**depth)
+    expected = [int(np.base_repr(j, s).zfill(depth)[::-1], s) for j in range(s**depth)]
+    np.testing.assert_array_equal(bp.reverse_digits(x, s), expected)
+    np.testing.assert_array_equal(bp.reverse_digits(bp.reverse_digits(x, s), s), x)
+    y = jnp.arange(2 * s**depth * 3).reshape(2, s**depth, 3)
+    np.testing.assert_array_equal(bp.reverse_digits(y, s, axis=1), y[:, np.asarray(expected)])
+    with pytest.raises(ValueError, match="not a power of s"):
+        bp.reverse_digits(jnp.arange(6), 4)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 2, 3, 7])
+def test_chunking_does_not_change_results(chunk_size):
+    """Ragged and exact chunkings give the one-chunk results (same keys → same draws)."""
+    cfg = RHMConfig(v=6, m=3, s=2, L=3, n_classes=4)
+    g = sample_grammar(jax.random.key(0), cfg)
+    loglik = _random_loglik(jax.random.key(1), cfg, 7)
+    whole = bp.marginals(g, loglik, chunk_size=7)
+    parts = bp.marginals(g, loglik, chunk_size=chunk_size)
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(parts)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    up = bp.upward(g, loglik, chunk_size=chunk_size)
+    np.testing.assert_allclose(up.log_evidence, whole.log_evidence, rtol=1e-6)
+    draws = [bp.sample_posterior(jax.random.key(2), g, loglik, 2, chunk_size=c) for c in (7, chunk_size)]
+    for a, b in zip(jax.tree.leaves(draws[0]), jax.tree.leaves(draws[1])):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="chunk_size"):
+        bp.marginals(g, loglik, chunk_size=0)
 
 
 def test_bad_input_errors():
