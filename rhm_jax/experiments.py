@@ -28,7 +28,7 @@ import numpy as np
 from rhm_jax import bp
 from rhm_jax.grammar import Grammar, sample_grammar, with_inverse_tables
 from rhm_jax.sampling import _sample_data
-from rhm_jax.sharding import batch_sharding, data_mesh, pad_to_multiple
+from rhm_jax.sharding import batch_sharding, data_mesh, pad_to_multiple, put_global
 
 
 class ForwardBackwardResult(NamedTuple):
@@ -190,7 +190,7 @@ def forward_backward(key: jax.Array, grammar: Grammar, process, times, n_data: i
         index = chunk * chunk_size + np.arange(chunk_size)
         keys = jax.vmap(partial(jax.random.fold_in, key))(jnp.asarray(index, jnp.uint32))
         weights = jnp.asarray(index < n_data, dtype)
-        keys, weights = jax.device_put((keys, weights), sharding)
+        keys, weights = put_global((keys, weights), sharding)
         sums = _sweep_chunk(keys, weights, grammars, process, times_arr)
         totals += np.asarray(sums, np.float64).transpose(0, 1, 2, 3, 4)
     mean = totals[..., 0, :] / n_data

@@ -98,7 +98,7 @@ def run(args) -> int:
         for name in processes:
             if name == "epsilon" or args.all_depths_for_all_processes or cfg.L == max(depths):
                 tasks.append((cfg, name))
-    progress = not args.no_progress
+    progress = not args.no_progress and is_main_process()
     if progress:
         from tqdm.auto import tqdm
         task_iter = tqdm(tasks, desc="phase", unit="run")

@@ -54,6 +54,32 @@ def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
+def put_global(tree, sharding: jax.sharding.Sharding):
+    """``jax.device_put(tree, sharding)`` that also works across processes.
+
+    Every process must pass the same host values. In multi-process JAX, ``device_put`` onto
+    a sharding that spans other processes' devices refuses typed PRNG key arrays (JAX
+    0.10), so keys travel as their raw ``key_data`` and are re-wrapped on arrival.
+    Single-process, this is exactly ``jax.device_put``.
+
+    Examples:
+      >>> mesh = data_mesh(1)
+      >>> keys = put_global(jax.random.split(jax.random.key(0), 4), batch_sharding(mesh))
+      >>> keys.shape, keys.sharding == batch_sharding(mesh)
+      ((4,), True)
+    """
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def place(x):
+        if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
+            data = jax.device_put(np.asarray(jax.random.key_data(x)), sharding)
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+        return jax.device_put(np.asarray(x), sharding)
+
+    return jax.tree.map(place, tree)
+
+
 def shard_batch(tree, mesh: jax.sharding.Mesh, batch_axis: int = 0):
     """Place every array of ``tree`` with its ``batch_axis`` split over the mesh."""
     size = mesh.devices.size
@@ -62,7 +88,7 @@ def shard_batch(tree, mesh: jax.sharding.Mesh, batch_axis: int = 0):
         if x.shape[batch_axis] % size:
             raise ValueError(f"batch size {x.shape[batch_axis]} is not a multiple of the "
                              f"{size} devices of the mesh; pad it (see pad_to_multiple)")
-        return jax.device_put(x, batch_sharding(mesh, x.ndim, batch_axis))
+        return put_global(x, batch_sharding(mesh, x.ndim, batch_axis))
 
     return jax.tree.map(place, tree)
 
@@ -72,20 +98,55 @@ def pad_to_multiple(n: int, multiple: int) -> int:
     return -(-int(n) // int(multiple)) * int(multiple)
 
 
-def initialize_distributed(**kwargs) -> None:
+_ENV = {"coordinator_address": "RHM_JAX_COORDINATOR",
+        "num_processes": "RHM_JAX_NUM_PROCESSES",
+        "process_id": "RHM_JAX_PROCESS_ID"}
+
+
+def initialize_distributed(**kwargs) -> bool:
     """Start multi-process JAX (``jax.distributed.initialize``) when asked to.
 
-    Reads ``RHM_JAX_COORDINATOR``, ``RHM_JAX_NUM_PROCESSES`` and ``RHM_JAX_PROCESS_ID`` from
-    the environment unless given as keyword arguments; does nothing when neither is set (on
-    TPU pods and SLURM, ``jax.distributed.initialize()`` with no arguments also works).
+    Reads ``RHM_JAX_COORDINATOR`` (``host:port`` of process 0), ``RHM_JAX_NUM_PROCESSES``
+    and ``RHM_JAX_PROCESS_ID`` (``0 .. N-1``) from the environment unless given as keyword
+    arguments (which go to ``jax.distributed.initialize``); does nothing when none is set.
+    On TPU pods and SLURM, call ``jax.distributed.initialize()`` yourself instead (it
+    auto-detects all three). Must run before any JAX computation. On CPU, cross-process
+    collectives use gloo (set here unless ``jax_cpu_collectives_implementation`` is set).
+
+    Returns:
+      True when this call started multi-process JAX, False otherwise (nothing asked, or
+      already started).
     """
-    env = {"coordinator_address": os.environ.get("RHM_JAX_COORDINATOR"),
-           "num_processes": os.environ.get("RHM_JAX_NUM_PROCESSES"),
-           "process_id": os.environ.get("RHM_JAX_PROCESS_ID")}
-    env = {k: (int(v) if k != "coordinator_address" else v) for k, v in env.items() if v}
-    env.update(kwargs)
-    if env:
-        jax.distributed.initialize(**env)
+    settings = {}
+    for arg, name in _ENV.items():
+        value = os.environ.get(name, "").strip()
+        if not value:
+            continue
+        if arg == "coordinator_address":
+            settings[arg] = value
+            continue
+        try:
+            settings[arg] = int(value)
+        except ValueError:
+            raise ValueError(f"{name} = {value!r} must be an integer") from None
+    settings.update(kwargs)
+    if not settings:
+        return False
+    missing = [_ENV[arg] for arg in _ENV if settings.get(arg) is None]
+    if missing:
+        raise ValueError(f"multi-process JAX needs {', '.join(_ENV.values())} all set; "
+                         f"missing: {', '.join(missing)}")
+    num, pid = settings["num_processes"], settings["process_id"]
+    if num < 1 or not 0 <= pid < num:
+        raise ValueError(f"need RHM_JAX_NUM_PROCESSES >= 1 and 0 <= RHM_JAX_PROCESS_ID < "
+                         f"RHM_JAX_NUM_PROCESSES; got {num} and {pid}")
+    if jax.distributed.is_initialized():
+        return False  # already initialised (by us or by the caller)
+    if jax.config.jax_cpu_collectives_implementation is None:
+        # Older JAX had no CPU cross-process collectives by default; JAX 0.10 uses gloo.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(**settings)
+    return True
 
 
 def is_main_process() -> bool:
