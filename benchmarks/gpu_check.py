@@ -25,6 +25,19 @@ def message_bytes(cfg: RHMConfig, itemsize: int = 4) -> int:
     return itemsize * sum(cfg.num_symbols(l) * cfg.s**l for l in range(cfg.L + 1))
 
 
+def gather_flops(cfg: RHMConfig) -> int:
+    """Multiply-adds of one upward pass per datum: every (node, symbol, rule, child)."""
+    return 2 * sum(cfg.num_symbols(l) * cfg.m * cfg.s * cfg.s**l for l in range(cfg.L))
+
+
+def copy_bandwidth(gigabytes: float = 4.0) -> float:
+    """Achievable device bandwidth (GB/s, bytes read + written) of ``x + 1`` on a big array."""
+    x = jnp.ones(int(gigabytes * 2**30 / 4 / 2), jnp.float32)
+    add = jax.jit(lambda y: y + 1)
+    _, median, _, _ = timed(lambda: add(x))
+    return 2 * x.nbytes / median / 1e9
+
+
 def timed(fn, repeats=5):
     start = time.perf_counter()
     jax.block_until_ready(fn())
@@ -44,9 +57,12 @@ def main():
     args = parser.parse_args()
     env = environment()
     print(env["device_kind"], env["versions"])
+    peak_gbps = copy_bandwidth()
+    print(f"measured copy bandwidth (x + 1): {peak_gbps:.0f} GB/s", flush=True)
     rows = []
     # passes of message traffic (read + write) per task, a lower bound on bytes moved
     passes = {"upward": 2, "marginals": 6, "posterior_sample": 3}
+    flop_passes = {"upward": 1, "marginals": 3, "posterior_sample": 1}  # downward ~ 2 upwards
     for shape in [(32, 8, 2, 9), (32, 8, 2, 12), (8, 4, 3, 5), (64, 16, 2, 8)]:
         cfg = RHMConfig(*shape)
         grammar = sample_grammar(jax.random.key(0), cfg)
@@ -66,6 +82,9 @@ def main():
                        "compile_s": round(compile_s, 3), "median_s": median, "min_s": lo,
                        "max_s": hi, "data_per_s": batch / median,
                        "achieved_GBps_lower_bound": traffic / median / 1e9,
+                       "copy_GBps": peak_gbps,
+                       "fraction_of_copy_bandwidth": traffic / median / 1e9 / peak_gbps,
+                       "achieved_GFLOPps": flop_passes[task] * gather_flops(cfg) * batch / median / 1e9,
                        "device_kind": env["device_kind"], "versions": env["versions"]}
                 rows.append(row)
                 print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v)
