@@ -48,6 +48,11 @@ import tempfile
 import time
 from pathlib import Path
 
+# --devices N (one emulated CPU device per core) must be set before JAX starts.
+if "--devices" in sys.argv[:-1]:
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count="
+                               + sys.argv[sys.argv.index("--devices") + 1])
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,7 +60,9 @@ import numpy as np
 from common import (RUN_ID, OverBudget, base_row, markdown_table, read_rows, compile_jax, finish_row, message_floats, time_calls,
                     traffic_bytes_per_datum, write_row)
 from rhm_jax import EpsilonProcess, RHMConfig, bp, sample_data, sample_grammar
+from rhm_jax.grammar import with_inverse_tables
 from rhm_jax.reference import numpy_marginals, numpy_sample_posterior, numpy_upward
+from rhm_jax.sharding import batch_sharding, data_mesh
 
 HERE = Path(__file__).resolve().parent
 EPSILON = 0.3
@@ -318,6 +325,11 @@ def _jax_case(impl, task, grammar, loglik, key):
     if impl == "jax":
         fn = {"marginals": bp.marginals, "upward": bp.upward,
               "sample": functools.partial(bp.sample_posterior, num_samples=1)}[task]
+        # What a user's call outside jit gets: inverse tables of the concrete rules, and
+        # the batch sharded over all devices when there are several (--devices).
+        grammar = with_inverse_tables(grammar)
+        if jax.device_count() > 1:
+            loglik = jax.device_put(loglik, batch_sharding(data_mesh()))
         args = (key, grammar, loglik) if task == "sample" else (grammar, loglik)
         return fn, args, (lambda out: out.marginals) if task == "marginals" else None
     if impl.startswith("jax-chunk"):
@@ -358,6 +370,23 @@ def _chunked(task, chunk, grammar, loglik, key):
     return fn, (grammar, pieces), (lambda out: out.marginals) if task == "marginals" else None
 
 
+def _recompiles(task, grammar, loglik) -> int:
+    """Compilations of the public function over 3 repeated calls with new inputs (new
+    likelihoods and a new grammar of the same config) after a first call: should be 0."""
+    jitted = {"marginals": bp._marginals_jit, "upward": bp._upward_jit,
+              "sample": bp._sample_posterior}[task]
+    def call(g, x, key):
+        if task == "sample":
+            return bp.sample_posterior(key, g, x)
+        return getattr(bp, task)(g, x)
+    jax.block_until_ready(call(grammar, loglik, jax.random.key(0)))
+    before = jitted._cache_size()
+    for seed in range(1, 4):
+        other = sample_grammar(jax.random.key(100 + seed), grammar.config)
+        jax.block_until_ready(call(other, loglik * 1.0, jax.random.key(seed)))
+    return jitted._cache_size() - before
+
+
 def run_jax(impl, task, grammar, loglik, reference, args, row, traffic):
     fn, call_args, marginals_of = _jax_case(impl, task, grammar, loglik, jax.random.key(7))
     compiled, compile_s, memory = compile_jax(fn, *call_args)
@@ -372,6 +401,8 @@ def run_jax(impl, task, grammar, loglik, reference, args, row, traffic):
     except OverBudget as err:
         row["skipped"] = str(err)
         return row
+    if impl == "jax":
+        row["recompiles_on_repeat"] = _recompiles(task, grammar, loglik)
     if marginals_of is not None and reference is not None:
         out = marginals_of(compiled(*call_args))
         levels = reference if len(out) == len(reference) else reference[-len(out):]
@@ -459,6 +490,8 @@ def parse_args(argv=None):
     p.add_argument("--pgmax-python", default=os.environ.get("PGMAX_PYTHON", "/work/.venv-pgmax/bin/python"),
                    help="interpreter of a venv with pgmax installed")
     p.add_argument("--pgmax-timeout-s", type=float, default=600)
+    p.add_argument("--devices", type=int, default=None,
+                   help="emulate N CPU devices and shard the jax batch over them (one per core)")
     p.add_argument("--table", metavar="JSONL", help="only print a markdown table of JSONL's rows")
     args = p.parse_args(argv)
     args.impl = args.impl or list(QUICK_IMPLS if args.quick else VARIANTS)
@@ -504,6 +537,8 @@ def main(argv=None):
                     batches = [SMALL_BATCH_ONLY.get(impl, ALTERNATIVES_BATCH)]
                 for batch in batches:
                     row = base_row(task=task, impl=impl, config=config, batch=batch, mode=mode)
+                    if impl == "jax" and jax.device_count() > 1:
+                        row["implementation"] = f"jax-{jax.device_count()}dev"
                     itemsize = 8 if impl == "numpy" else 4
                     traffic = traffic_bytes_per_datum(task, v, m, s, L, cfg.n_classes, itemsize)
                     estimate = _estimate_bytes(impl, task, cfg, batch)
