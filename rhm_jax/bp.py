@@ -260,7 +260,7 @@ def default_chunk_size(config, n: int | None = None, platform: str | None = None
     return chunk if n is None else max(1, min(chunk, n))
 
 
-def _map_chunks(fn, xs, chunk: int):
+def _map_chunks(fn, xs, chunk: int, interleave: bool | None = None):
     """``fn`` over the leading (batch) axis of the pytree ``xs`` in chunks of ``chunk``.
 
     With one device, step ``b`` takes the contiguous data ``b*chunk ... (b+1)*chunk - 1``,
@@ -269,7 +269,8 @@ def _map_chunks(fn, xs, chunk: int):
     then the major one, so a batch sharded over devices stays sharded (each device holds
     a block of rows) while ``lax.map`` walks the unsharded step axis; joining the outputs
     costs one device-local transpose. A ragged batch is padded by repeating its last
-    datum; the padding is dropped from the results.
+    datum; the padding is dropped from the results. ``interleave`` forces one order
+    (default: interleaved when there are several devices).
     """
     n = jax.tree.leaves(xs)[0].shape[0]
     if n <= chunk:
@@ -278,7 +279,9 @@ def _map_chunks(fn, xs, chunk: int):
     if steps * chunk != n:
         index = jnp.minimum(jnp.arange(steps * chunk), n - 1)
         xs = jax.tree.map(lambda x: x[index], xs)
-    if jax.device_count() == 1:
+    if interleave is None:
+        interleave = jax.device_count() > 1
+    if not interleave:
         ys = jax.lax.map(fn, jax.tree.map(lambda x: x.reshape(steps, chunk, *x.shape[1:]), xs))
         return jax.tree.map(lambda y: y.reshape(steps * chunk, *y.shape[2:])[:n], ys)
     xs = jax.tree.map(lambda x: jnp.swapaxes(x.reshape(chunk, steps, *x.shape[1:]), 0, 1), xs)

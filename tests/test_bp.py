@@ -171,6 +171,26 @@ def test_reverse_digits_is_the_digit_reversal_and_an_involution(s):
         bp.reverse_digits(jnp.arange(6), 4)
 
 
+@pytest.mark.parametrize("interleave", [False, True])
+@pytest.mark.parametrize("chunk", [1, 3, 4, 8])
+def test_map_chunks_orders_give_the_unchunked_result(interleave, chunk):
+    """Both data orders of the chunk loop (contiguous: one device; interleaved: several)."""
+    cfg = RHMConfig(v=6, m=3, s=2, L=3, n_classes=4)
+    g = sample_grammar(jax.random.key(0), cfg)
+    loglik = _random_loglik(jax.random.key(1), cfg, 7)
+    keys = jax.random.split(jax.random.key(2), 7)
+
+    def per_chunk(batch):
+        x, k = batch
+        marginals = bp._marginals_internal(g, x)[0]
+        return marginals[-1], jax.vmap(lambda key: jax.random.uniform(key))(k)
+
+    whole = per_chunk((loglik, keys))
+    parts = bp._map_chunks(per_chunk, (loglik, keys), chunk, interleave=interleave)
+    np.testing.assert_allclose(parts[0], whole[0], rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(parts[1], whole[1])
+
+
 @pytest.mark.parametrize("chunk_size", [1, 2, 3, 7])
 def test_chunking_does_not_change_results(chunk_size):
     """Ragged and exact chunkings give the one-chunk results (same keys → same draws)."""
