@@ -44,8 +44,9 @@ class Upward(NamedTuple):
     """Result of the upward pass.
 
     Attributes:
-      messages: tuple over levels ``l = 0..L`` of normalised upward messages
-        ``u_l`` with shape ``(n, s**l, n_l)``: ``u_{l,j}(a) ∝ p(evidence below j | a)``.
+      messages: ``None`` unless asked for (``messages=True``); then a tuple over levels
+        ``l = 0..L`` of normalised upward messages ``u_l`` with shape ``(n, s**l, n_l)``:
+        ``u_{l,j}(a) ∝ p(evidence below j | a)``.
       class_posterior: ``(n, n_classes)`` posterior of the class (uniform prior).
       log_evidence: ``(n,)`` ``log p(observation)``; ``-inf`` where nothing explains it.
     """
@@ -62,8 +63,10 @@ class BPResult(NamedTuple):
       marginals: tuple over levels ``l = 0..L`` of ``(n, s**l, n_l)`` posterior marginals
         ``μ_l``; ``marginals[0][:, 0]`` is the class posterior, ``marginals[-1]`` is
         ``E[onehot(x0) | observation]``.
-      upward: the normalised upward messages (as in :class:`Upward`).
-      downward: the normalised downward messages ``w_l`` (``w_0`` is the uniform prior).
+      upward: ``None`` unless asked for (``messages=True``); then the normalised upward
+        messages (as in :class:`Upward`).
+      downward: ``None`` unless asked for; then the normalised downward messages ``w_l``
+        (``w_0`` is the uniform prior).
       log_evidence: ``(n,)`` ``log p(observation)``.
     """
 
@@ -298,23 +301,30 @@ def _resolve_chunk(grammar: Grammar, leaf_log_likelihood, chunk_size) -> int:
     return min(chunk_size, max(n, 1))
 
 
-def _marginals(grammar: Grammar, leaf_log_likelihood: jax.Array, chunk: int) -> BPResult:
+def _public_levels(xs, s: int, keep: bool = True):
+    return tuple(_to_public(x, s) for x in xs) if keep else None
+
+
+def _marginals(grammar: Grammar, leaf_log_likelihood: jax.Array, chunk: int,
+               messages: bool = False) -> BPResult:
     s = grammar.config.s
 
     def one_chunk(loglik):
-        marginals, messages, downward, log_evidence = _marginals_internal(grammar, loglik)
-        return BPResult(*(tuple(_to_public(x, s) for x in xs)
-                          for xs in (marginals, messages, downward)), log_evidence)
+        marginals, upward, downward, log_evidence = _marginals_internal(grammar, loglik)
+        # Messages not asked for are never written out (a third of the output bytes each).
+        return BPResult(_public_levels(marginals, s), _public_levels(upward, s, messages),
+                        _public_levels(downward, s, messages), log_evidence)
 
     return _map_chunks(one_chunk, leaf_log_likelihood, chunk)
 
 
-def _upward_public(grammar: Grammar, leaf_log_likelihood: jax.Array, chunk: int) -> Upward:
+def _upward_public(grammar: Grammar, leaf_log_likelihood: jax.Array, chunk: int,
+                   messages: bool = False) -> Upward:
     s = grammar.config.s
 
     def one_chunk(loglik):
-        messages, class_posterior, log_evidence = _upward(grammar, loglik)
-        return Upward(tuple(_to_public(x, s) for x in messages), class_posterior, log_evidence)
+        upward, class_posterior, log_evidence = _upward(grammar, loglik)
+        return Upward(_public_levels(upward, s, messages), class_posterior, log_evidence)
 
     return _map_chunks(one_chunk, leaf_log_likelihood, chunk)
 
@@ -341,11 +351,18 @@ def _with_tables(grammar: Grammar) -> Grammar:
     return grammar if grammar.inverse is not None else with_inverse_tables(grammar)
 
 
-_upward_jit = jax.jit(_upward_public, static_argnames="chunk")
-_marginals_jit = jax.jit(_marginals, static_argnames="chunk")
+_upward_jit = jax.jit(_upward_public, static_argnames=("chunk", "messages"))
+_marginals_jit = jax.jit(_marginals, static_argnames=("chunk", "messages"))
 
 
-def upward(grammar: Grammar, leaf_log_likelihood, *, chunk_size: int | None = None) -> Upward:
+def _check_flag(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} = {value!r} must be True or False")
+    return value
+
+
+def upward(grammar: Grammar, leaf_log_likelihood, *, chunk_size: int | None = None,
+           messages: bool = False) -> Upward:
     """Upward pass only: class posterior and ``log p(observation)`` (the fast path).
 
     Args:
@@ -353,6 +370,8 @@ def upward(grammar: Grammar, leaf_log_likelihood, *, chunk_size: int | None = No
       leaf_log_likelihood: ``(n, d, v)`` log-likelihoods ``log p(obs_i | x0_i = a)``.
       chunk_size: data per step of the chunked computation (default
         :func:`default_chunk_size`); results do not depend on it.
+      messages: also return every level's upward messages (``Upward.messages``; by default
+        ``None``: writing them out costs more than computing the class posterior).
 
     Returns:
       :class:`Upward`.
@@ -367,10 +386,12 @@ def upward(grammar: Grammar, leaf_log_likelihood, *, chunk_size: int | None = No
       True
     """
     loglik = _check_leaf_log_likelihood(grammar, leaf_log_likelihood)
-    return _upward_jit(grammar, loglik, _resolve_chunk(grammar, loglik, chunk_size))
+    messages = _check_flag("messages", messages)
+    return _upward_jit(grammar, loglik, _resolve_chunk(grammar, loglik, chunk_size), messages)
 
 
-def marginals(grammar: Grammar, leaf_log_likelihood, *, chunk_size: int | None = None) -> BPResult:
+def marginals(grammar: Grammar, leaf_log_likelihood, *, chunk_size: int | None = None,
+              messages: bool = False) -> BPResult:
     """Exact posterior marginals of every level and the log-evidence (DESIGN.md §3).
 
     Args:
@@ -378,6 +399,9 @@ def marginals(grammar: Grammar, leaf_log_likelihood, *, chunk_size: int | None =
       leaf_log_likelihood: ``(n, d, v)`` log-likelihoods ``log p(obs_i | x0_i = a)``.
       chunk_size: data per step of the chunked computation (default
         :func:`default_chunk_size`); results do not depend on it.
+      messages: also return the upward and downward messages of every level
+        (``BPResult.upward``/``.downward``; by default ``None``, which saves two thirds of
+        the output memory and time).
 
     Returns:
       :class:`BPResult`.
@@ -394,8 +418,9 @@ def marginals(grammar: Grammar, leaf_log_likelihood, *, chunk_size: int | None =
       True
     """
     loglik = _check_leaf_log_likelihood(grammar, leaf_log_likelihood)
+    messages = _check_flag("messages", messages)
     grammar = _with_tables(grammar)
-    return _marginals_jit(grammar, loglik, _resolve_chunk(grammar, loglik, chunk_size))
+    return _marginals_jit(grammar, loglik, _resolve_chunk(grammar, loglik, chunk_size), messages)
 
 
 def _sample_tree(keys: jax.Array, grammar: Grammar, messages: tuple, class_posterior) -> Data:

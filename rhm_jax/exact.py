@@ -116,8 +116,8 @@ def _unbatch(tree, unbatched: bool):
 
 
 # ---- exact denoiser quantities ------------------------------------------------------------
-def _bp_marginals(grammar, process, observation, t) -> bp.BPResult:
-    return bp.marginals(grammar, process.leaf_log_likelihood(observation, t))
+def _bp_marginals(grammar, process, observation, t, messages: bool = False) -> bp.BPResult:
+    return bp.marginals(grammar, process.leaf_log_likelihood(observation, t), messages=messages)
 
 
 def posterior_mean(grammar: Grammar, process, observation: ArrayLike,
@@ -196,7 +196,7 @@ def d3pm_x0_target(grammar: Grammar, process, observation: ArrayLike,
     """
     _check_grammar_and_process(grammar, process)
     observation, t, unbatched = _check_observation(process, "observation", observation, t)
-    return _unbatch(_bp_marginals(grammar, process, observation, t).downward[-1], unbatched)
+    return _unbatch(_bp_marginals(grammar, process, observation, t, messages=True).downward[-1], unbatched)
 
 
 def one_shot_sample(key: PRNGKeyArray, grammar: Grammar, process, x_t: ArrayLike,

@@ -197,8 +197,9 @@ def test_chunking_does_not_change_results(chunk_size):
     cfg = RHMConfig(v=6, m=3, s=2, L=3, n_classes=4)
     g = sample_grammar(jax.random.key(0), cfg)
     loglik = _random_loglik(jax.random.key(1), cfg, 7)
-    whole = bp.marginals(g, loglik, chunk_size=7)
-    parts = bp.marginals(g, loglik, chunk_size=chunk_size)
+    whole = bp.marginals(g, loglik, chunk_size=7, messages=True)
+    parts = bp.marginals(g, loglik, chunk_size=chunk_size, messages=True)
+    assert len(jax.tree.leaves(whole)) == 3 * (cfg.L + 1) + 1
     for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(parts)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     up = bp.upward(g, loglik, chunk_size=chunk_size)
@@ -219,3 +220,33 @@ def test_bad_input_errors():
         bp.marginals(g, jnp.zeros((2, cfg.d, cfg.v), jnp.int32))
     with pytest.raises(ValueError, match="num_samples"):
         bp.sample_posterior(jax.random.key(0), g, jnp.zeros((2, cfg.d, cfg.v)), num_samples=0)
+
+
+def test_messages_only_when_asked():
+    """Messages are returned on request, equal the NumPy oracle's, and asking for them does
+    not change the marginals or the class posterior."""
+    from rhm_jax.reference import numpy_upward
+
+    cfg = RHMConfig(v=5, m=2, s=2, L=3, n_classes=3)
+    g = sample_grammar(jax.random.key(0), cfg)
+    loglik = _random_loglik(jax.random.key(1), cfg, 5)
+    lean, full = bp.marginals(g, loglik), bp.marginals(g, loglik, messages=True)
+    assert lean.upward is None and lean.downward is None
+    for a, b in zip(lean.marginals, full.marginals):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(lean.log_evidence, full.log_evidence)
+    up_lean, up_full = bp.upward(g, loglik), bp.upward(g, loglik, messages=True)
+    assert up_lean.messages is None
+    np.testing.assert_array_equal(up_lean.class_posterior, up_full.class_posterior)
+    expected, _ = numpy_upward([np.asarray(r) for r in g.rules], cfg.n_classes,
+                               np.asarray(loglik, np.float64))
+    assert len(up_full.messages) == len(full.upward) == cfg.L + 1
+    for level in range(cfg.L + 1):
+        np.testing.assert_allclose(up_full.messages[level], expected[level], atol=1e-6)
+        np.testing.assert_array_equal(full.upward[level], up_full.messages[level])
+        # μ ∝ u · w: the downward messages complete the upward ones into the marginals
+        product = full.upward[level] * full.downward[level]
+        np.testing.assert_allclose(product / product.sum(-1, keepdims=True),
+                                   full.marginals[level], atol=1e-6)
+    with pytest.raises(TypeError, match="messages"):
+        bp.marginals(g, loglik, messages="yes")
