@@ -423,6 +423,22 @@ def marginals(grammar: Grammar, leaf_log_likelihood, *, chunk_size: int | None =
     return _marginals_jit(grammar, loglik, _resolve_chunk(grammar, loglik, chunk_size), messages)
 
 
+def _categorical(weights: jax.Array, uniform: jax.Array, axis: int) -> jax.Array:
+    """Index drawn with probability ``∝ weights`` along ``axis`` by inverting the CDF with
+    one uniform in ``[0, 1)`` (broadcast against ``weights`` without ``axis``).
+
+    A zero weight is never drawn (its CDF step is empty); an all-zero slice (only after
+    impossible evidence) gives the last index.
+    One uniform per draw instead of one Gumbel per category: the sampler's random numbers
+    cost ``m`` times less.
+    """
+    cdf = jnp.cumsum(weights, axis=axis)
+    total = jnp.take(cdf, jnp.array([-1]), axis=axis)
+    below = cdf <= jnp.expand_dims(uniform, axis) * total
+    index = jnp.sum(below, axis=axis, dtype=jnp.int32)
+    return jnp.minimum(index, weights.shape[axis] - 1)
+
+
 def _sample_tree(keys: jax.Array, grammar: Grammar, messages: tuple, class_posterior) -> Data:
     """One exact draw of the whole tree per datum from ``p(tree | observation)``.
 
@@ -433,15 +449,13 @@ def _sample_tree(keys: jax.Array, grammar: Grammar, messages: tuple, class_poste
     """
     cfg = grammar.config
     c = class_posterior.shape[0]
-    # All Gumbel noise of a datum in one draw (Gumbel-max = categorical): one RNG call
-    # compiles far faster than L+1 categorical calls; the barrier keeps it from being
-    # re-fused into every level.
-    sizes = [cfg.n_classes] + [cfg.m * cfg.s**level for level in range(cfg.L)]
-    offsets = np.cumsum([0] + sizes)
-    gumbel = jax.lax.optimization_barrier(jax.vmap(
-        lambda k: jax.random.gumbel(k, (int(offsets[-1]),), class_posterior.dtype))(keys))
-    symbols = jnp.argmax(jnp.log(class_posterior) + gumbel[:, :offsets[1]], axis=-1)
-    symbols = symbols[:, None].astype(jnp.int32)
+    # One uniform per internal node and one for the root, drawn at once (one RNG call
+    # compiles far faster than L+1); the barrier keeps it from being re-fused into every
+    # level. Node (level l, internal position j) uses uniform 1 + (s**l - 1)/(s - 1) + j.
+    offsets = np.cumsum([0, 1] + [cfg.s**level for level in range(cfg.L)])
+    uniform = jax.lax.optimization_barrier(jax.vmap(
+        lambda k: jax.random.uniform(k, (int(offsets[-1]),), class_posterior.dtype))(keys))
+    symbols = _categorical(class_posterior, uniform[:, 0], axis=1)[:, None]
     latents, psis = [symbols], []
     for level in range(cfg.L):
         nodes = symbols.shape[1]
@@ -452,8 +466,7 @@ def _sample_tree(keys: jax.Array, grammar: Grammar, messages: tuple, class_poste
         for k in range(cfg.s):
             weight = weight * jnp.take_along_axis(groups[:, :, k], chosen[..., k], axis=1,
                                                   mode="clip")
-        noise = gumbel[:, offsets[level + 1]:offsets[level + 2]].reshape(c, cfg.m, nodes)
-        psi = jnp.argmax(jnp.log(weight) + noise, axis=1).astype(jnp.int32)
+        psi = _categorical(weight, uniform[:, offsets[level + 1]:offsets[level + 2]], axis=1)
         children = jnp.take_along_axis(chosen, psi[:, None, :, None], axis=1, mode="clip")[:, 0]
         symbols = jnp.swapaxes(children, 1, 2).reshape(c, cfg.s * nodes)  # internal order
         latents.append(symbols)

@@ -250,3 +250,19 @@ def test_messages_only_when_asked():
                                    full.marginals[level], atol=1e-6)
     with pytest.raises(TypeError, match="messages"):
         bp.marginals(g, loglik, messages="yes")
+
+
+def test_categorical_inverts_the_cdf():
+    """On a uniform grid of N points each category gets N·w/Σw draws (±1); a zero weight
+    is never drawn; an all-zero row gives the last index."""
+    weights = jnp.array([[0.0, 3.0, 1.0, 0.0, 4.0], [0.0, 0.0, 0.0, 0.0, 0.0]])
+    n = 4000
+    grid = (jnp.arange(n) + 0.5) / n
+    idx = bp._categorical(jnp.broadcast_to(weights[:, :, None], (2, 5, n)),
+                          jnp.broadcast_to(grid, (2, n)), axis=1)
+    counts = np.bincount(np.asarray(idx[0]), minlength=5)
+    np.testing.assert_allclose(counts, n * np.asarray(weights[0]) / 8.0, atol=1)
+    assert counts[0] == counts[3] == 0
+    assert np.all(np.asarray(idx[1]) == 4)
+    top = bp._categorical(weights[:1], jnp.array([1.0 - 2**-24]), axis=1)
+    assert int(top[0]) == 4  # the largest uniform still lands in range
