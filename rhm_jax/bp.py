@@ -319,7 +319,7 @@ def _public_upward(messages, s: int, keep: bool):
 
 
 def _marginals(grammar: Grammar, leaf_log_likelihood: jax.Array, chunk: int,
-               messages: bool = False) -> BPResult:
+               messages: bool = False, interleave: bool | None = None) -> BPResult:
     s = grammar.config.s
 
     def one_chunk(loglik):
@@ -328,18 +328,18 @@ def _marginals(grammar: Grammar, leaf_log_likelihood: jax.Array, chunk: int,
         return BPResult(_public_levels(marginals, s), _public_upward(upward, s, messages),
                         _public_levels(downward, s, messages), log_evidence)
 
-    return _map_chunks(one_chunk, leaf_log_likelihood, chunk)
+    return _map_chunks(one_chunk, leaf_log_likelihood, chunk, interleave)
 
 
 def _upward_public(grammar: Grammar, leaf_log_likelihood: jax.Array, chunk: int,
-                   messages: bool = False) -> Upward:
+                   messages: bool = False, interleave: bool | None = None) -> Upward:
     s = grammar.config.s
 
     def one_chunk(loglik):
         upward, class_posterior, log_evidence = _upward(grammar, loglik)
         return Upward(_public_upward(upward, s, messages), class_posterior, log_evidence)
 
-    return _map_chunks(one_chunk, leaf_log_likelihood, chunk)
+    return _map_chunks(one_chunk, leaf_log_likelihood, chunk, interleave)
 
 
 def _check_leaf_log_likelihood(grammar: Grammar, leaf_log_likelihood) -> jax.Array:
@@ -364,8 +364,84 @@ def _with_tables(grammar: Grammar) -> Grammar:
     return grammar if grammar.inverse is not None else with_inverse_tables(grammar)
 
 
-_upward_jit = jax.jit(_upward_public, static_argnames=("chunk", "messages"))
-_marginals_jit = jax.jit(_marginals, static_argnames=("chunk", "messages"))
+# ---- sharded batches ----------------------------------------------------------------------
+def _batch_placement(x) -> tuple | None:
+    """``(mesh, axes)`` when the leading (batch) axis of ``x`` is split over named mesh axes.
+
+    Read from a concrete array's sharding, or from the type of a traced one (explicit
+    sharding mode). ``None`` for unsharded or replicated batches.
+    """
+    sharding = getattr(x, "sharding", None)
+    if sharding is None:
+        try:
+            sharding = jax.typeof(x).sharding
+        except (AttributeError, TypeError):
+            return None
+    if not isinstance(sharding, jax.sharding.NamedSharding):
+        return None
+    spec = tuple(sharding.spec)
+    if not spec or spec[0] is None:
+        return None
+    return sharding.mesh, spec[0]
+
+
+def _local_size(n: int, placement) -> int:
+    """Batch size on one shard of ``placement``."""
+    mesh, axes = placement
+    shards = int(np.prod([mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes)]))
+    return n // shards
+
+
+def _per_shard(fn, placement, num_batched: int, *args):
+    """``fn(grammar, *batched)`` on every shard's own data (``jax.shard_map``).
+
+    BP is independent per datum, so each device runs the chunked computation on its block
+    of the batch with no communication; the results keep the input's batch sharding. This
+    works for meshes with explicit axes (``jax.make_mesh``'s default) as well as auto ones.
+    """
+    mesh, axes = placement
+    spec = jax.sharding.PartitionSpec(axes)
+    in_specs = (jax.sharding.PartitionSpec(),) * (len(args) - num_batched) + (spec,) * num_batched
+    # check_vma off: the body has no collectives, and loop carries that start replicated
+    # (zeros) and become per-shard would otherwise be rejected.
+    return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=spec,
+                         check_vma=False)(*args)
+
+
+def _to_placement(x, placement):
+    """Reshard a replicated array onto the batch placement: explicit-axis meshes need it
+    said (auto ones reshard at the ``shard_map`` boundary by themselves)."""
+    mesh, axes = placement
+    names = (axes,) if isinstance(axes, str) else axes
+    types = dict(zip(mesh.axis_names, getattr(mesh, "axis_types", ())))
+    if any(types.get(a) == jax.sharding.AxisType.Explicit for a in names):
+        return jax.sharding.reshard(
+            x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axes)))
+    return x
+
+
+@partial(jax.jit, static_argnames=("chunk", "messages", "placement"))
+def _upward_jit(grammar, loglik, chunk, messages, placement=None):
+    if placement is None:
+        return _upward_public(grammar, loglik, chunk, messages)
+    body = partial(_upward_public, chunk=chunk, messages=messages, interleave=False)
+    return _per_shard(body, placement, 1, grammar, loglik)
+
+
+@partial(jax.jit, static_argnames=("chunk", "messages", "placement"))
+def _marginals_jit(grammar, loglik, chunk, messages, placement=None):
+    if placement is None:
+        return _marginals(grammar, loglik, chunk, messages)
+    body = partial(_marginals, chunk=chunk, messages=messages, interleave=False)
+    return _per_shard(body, placement, 1, grammar, loglik)
+
+
+def _placement_and_chunk(grammar, loglik, chunk_size):
+    placement = _batch_placement(loglik)
+    n = loglik.shape[0] if placement is None else _local_size(loglik.shape[0], placement)
+    if chunk_size is None:
+        return placement, default_chunk_size(grammar.config, n)
+    return placement, _resolve_chunk(grammar, loglik, chunk_size)
 
 
 def _check_flag(name: str, value) -> bool:
@@ -400,7 +476,8 @@ def upward(grammar: Grammar, leaf_log_likelihood, *, chunk_size: int | None = No
     """
     loglik = _check_leaf_log_likelihood(grammar, leaf_log_likelihood)
     messages = _check_flag("messages", messages)
-    return _upward_jit(grammar, loglik, _resolve_chunk(grammar, loglik, chunk_size), messages)
+    placement, chunk = _placement_and_chunk(grammar, loglik, chunk_size)
+    return _upward_jit(grammar, loglik, chunk, messages, placement)
 
 
 def marginals(grammar: Grammar, leaf_log_likelihood, *, chunk_size: int | None = None,
@@ -433,7 +510,8 @@ def marginals(grammar: Grammar, leaf_log_likelihood, *, chunk_size: int | None =
     loglik = _check_leaf_log_likelihood(grammar, leaf_log_likelihood)
     messages = _check_flag("messages", messages)
     grammar = _with_tables(grammar)
-    return _marginals_jit(grammar, loglik, _resolve_chunk(grammar, loglik, chunk_size), messages)
+    placement, chunk = _placement_and_chunk(grammar, loglik, chunk_size)
+    return _marginals_jit(grammar, loglik, chunk, messages, placement)
 
 
 def _categorical(weights: jax.Array, uniform: jax.Array, axis: int) -> jax.Array:
@@ -490,11 +568,7 @@ def _sample_tree(keys: jax.Array, grammar: Grammar, messages: tuple, class_poste
     return Data(latents[-1], latents[0][:, 0], tuple(latents), digits)
 
 
-@partial(jax.jit, static_argnames=("num_samples", "chunk"))
-def _sample_posterior(key, grammar, leaf_log_likelihood, num_samples, chunk):
-    n = leaf_log_likelihood.shape[0]
-    keys = jax.random.split(key, (n, num_samples))  # per datum: independent of chunking
-
+def _sample_chunks(grammar, leaf_log_likelihood, keys, chunk, interleave=None):
     def one_chunk(batch):
         loglik, keys = batch
         messages, class_posterior, _ = _upward(grammar, loglik)
@@ -502,7 +576,18 @@ def _sample_posterior(key, grammar, leaf_log_likelihood, num_samples, chunk):
                          in_axes=1, out_axes=1)(keys)
         return draws  # (c, num_samples, ...)
 
-    return _map_chunks(one_chunk, (leaf_log_likelihood, keys), chunk)
+    return _map_chunks(one_chunk, (leaf_log_likelihood, keys), chunk, interleave)
+
+
+@partial(jax.jit, static_argnames=("num_samples", "chunk", "placement"))
+def _sample_posterior(key, grammar, leaf_log_likelihood, num_samples, chunk, placement=None):
+    n = leaf_log_likelihood.shape[0]
+    keys = jax.random.split(key, (n, num_samples))  # per datum: independent of chunking
+    if placement is None:
+        return _sample_chunks(grammar, leaf_log_likelihood, keys, chunk)
+    body = partial(_sample_chunks, chunk=chunk, interleave=False)
+    return _per_shard(body, placement, 2, grammar, leaf_log_likelihood,
+                      _to_placement(keys, placement))
 
 
 def sample_posterior(key: jax.Array, grammar: Grammar, leaf_log_likelihood,
@@ -536,5 +621,5 @@ def sample_posterior(key: jax.Array, grammar: Grammar, leaf_log_likelihood,
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples = {num_samples!r} must be a positive integer")
     loglik = _check_leaf_log_likelihood(grammar, leaf_log_likelihood)
-    return _sample_posterior(key, grammar, loglik, num_samples,
-                             _resolve_chunk(grammar, loglik, chunk_size))
+    placement, chunk = _placement_and_chunk(grammar, loglik, chunk_size)
+    return _sample_posterior(key, grammar, loglik, num_samples, chunk, placement)
