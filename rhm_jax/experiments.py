@@ -28,7 +28,7 @@ import numpy as np
 from rhm_jax import bp
 from rhm_jax.grammar import Grammar, sample_grammar, with_inverse_tables
 from rhm_jax.sampling import _sample_data
-from rhm_jax.sharding import batch_sharding, data_mesh, pad_to_multiple, put_global
+from rhm_jax.sharding import auto_axes, batch_sharding, data_mesh, pad_to_multiple, put_global
 
 
 class ForwardBackwardResult(NamedTuple):
@@ -152,7 +152,8 @@ def forward_backward(key: jax.Array, grammar: Grammar, process, times, n_data: i
       chunk_size: data per compiled call; default ``max_batch // (K * T)`` (at least one
         per device), rounded up to a multiple of the device count.
       max_batch: bound on ``K * T * chunk_size``, which sets the memory of one call.
-      mesh: device mesh with a ``"data"`` axis (default: all devices).
+      mesh: device mesh with a ``"data"`` axis (default: all devices); explicit axes
+        (``jax.make_mesh``'s default) are used as auto ones.
       progress: show a progress bar over chunks.
 
     Returns:
@@ -171,7 +172,7 @@ def forward_backward(key: jax.Array, grammar: Grammar, process, times, n_data: i
     stacked = grammar.rules[0].ndim == 4
     grammars = grammar if stacked else jax.tree.map(lambda r: r[None], grammar)
     num_grammars = grammars.rules[0].shape[0]
-    mesh = data_mesh() if mesh is None else mesh
+    mesh = data_mesh() if mesh is None else auto_axes(mesh)
     num_devices = mesh.devices.size
     if chunk_size is None:
         chunk_size = max(1, max_batch // (num_grammars * len(times)))

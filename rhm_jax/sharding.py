@@ -42,6 +42,25 @@ def data_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
                          axis_types=(jax.sharding.AxisType.Auto,))
 
 
+def auto_axes(mesh: jax.sharding.Mesh) -> jax.sharding.Mesh:
+    """The same devices and axis names with every axis in auto mode, checked for a
+    ``"data"`` axis.
+
+    A user's mesh from ``jax.make_mesh`` has explicit axes by default; the experiment
+    drivers place their batch on it and let ``jit`` propagate the sharding, which needs
+    auto axes.
+
+    Examples:
+      >>> auto_axes(jax.make_mesh((1,), ("data",))).axis_types[0] == jax.sharding.AxisType.Auto
+      True
+    """
+    if DATA_AXIS not in mesh.axis_names:
+        raise ValueError(f"mesh has axes {tuple(mesh.axis_names)}; the batch is sharded over "
+                         f"an axis named {DATA_AXIS!r} (see rhm_jax.sharding.data_mesh)")
+    return jax.sharding.Mesh(mesh.devices, mesh.axis_names,
+                             axis_types=(jax.sharding.AxisType.Auto,) * len(mesh.axis_names))
+
+
 def batch_sharding(mesh: jax.sharding.Mesh, ndim: int = 1, batch_axis: int = 0) -> NamedSharding:
     """Sharding that splits axis ``batch_axis`` of an ``ndim``-array over the data axis."""
     spec = [None] * ndim

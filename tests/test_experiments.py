@@ -40,6 +40,12 @@ def test_sharded_equals_unsharded_and_chunking_invariant(grammar):
     np.testing.assert_array_equal(one.sampled, other_chunks.sampled)
     np.testing.assert_allclose(one.marginal, four.marginal, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(one.marginal, other_chunks.marginal, rtol=1e-6, atol=1e-7)
+    # A user's mesh straight from jax.make_mesh (explicit axes by default) works the same.
+    explicit = jax.make_mesh((4,), ("data",), axis_types=(jax.sharding.AxisType.Explicit,))
+    mine = forward_backward(jax.random.key(2), grammar, proc, eps, 64, chunk_size=32,
+                            mesh=explicit)
+    np.testing.assert_array_equal(one.sampled, mine.sampled)
+    np.testing.assert_allclose(one.marginal, mine.marginal, rtol=1e-6, atol=1e-7)
 
 
 def test_marginal_and_sampled_estimators_agree(eps_sweep):
@@ -105,6 +111,9 @@ def test_bad_arguments(grammar):
         forward_backward(jax.random.key(0), grammar, EpsilonProcess(CFG), [0.5, 1.5], 8)
     with pytest.raises(ValueError, match="n_data"):
         forward_backward(jax.random.key(0), grammar, EpsilonProcess(CFG), [0.5], 0)
+    with pytest.raises(ValueError, match="axis named 'data'"):
+        forward_backward(jax.random.key(0), grammar, EpsilonProcess(CFG), [0.5], 8,
+                         mesh=jax.make_mesh((4,), ("batch",)))
     with pytest.raises(ValueError, match="process.config"):
         forward_backward(jax.random.key(0), grammar, EpsilonProcess(RHMConfig(4, 2, 2, 2)),
                          [0.5], 8)
