@@ -323,15 +323,20 @@ def _jax_case(impl, task, grammar, loglik, key):
     rules = tuple(grammar.rules)
     nc = cfg.n_classes
     if impl == "jax":
-        fn = {"marginals": bp.marginals, "upward": bp.upward,
-              "sample": functools.partial(bp.sample_posterior, num_samples=1)}[task]
-        # What a user's call outside jit gets: inverse tables of the concrete rules, and
-        # the batch sharded over all devices when there are several (--devices).
+        # What a user's call outside jit gets: inverse tables of the concrete rules, the
+        # batch sharded over all devices when there are several (--devices), and the
+        # program the public function dispatches to for that placement and chunk size
+        # (wrapping the public function itself in jit would hide the input's sharding).
         grammar = with_inverse_tables(grammar)
         if jax.device_count() > 1:
             loglik = jax.device_put(loglik, batch_sharding(data_mesh()))
-        args = (key, grammar, loglik) if task == "sample" else (grammar, loglik)
-        return fn, args, (lambda out: out.marginals) if task == "marginals" else None
+        placement, chunk = bp._placement_and_chunk(grammar, loglik, None)
+        if task == "sample":
+            fn = lambda key, g, x: bp._sample_posterior(key, g, x, 1, chunk, placement)  # noqa: E731
+            return fn, (key, grammar, loglik), None
+        inner = {"marginals": bp._marginals_jit, "upward": bp._upward_jit}[task]
+        fn = lambda g, x: inner(g, x, chunk, False, placement)  # noqa: E731
+        return fn, (grammar, loglik), (lambda out: out.marginals) if task == "marginals" else None
     if impl.startswith("jax-chunk"):
         return _chunked(task, int(impl[len("jax-chunk"):]), grammar, loglik, key)
     if impl == "jax-grad-leaf":
