@@ -420,20 +420,20 @@ def _to_placement(x, placement):
     return x
 
 
-@partial(jax.jit, static_argnames=("chunk", "messages", "placement"))
-def _upward_jit(grammar, loglik, chunk, messages, placement=None):
-    if placement is None:
-        return _upward_public(grammar, loglik, chunk, messages)
-    body = partial(_upward_public, chunk=chunk, messages=messages, interleave=False)
-    return _per_shard(body, placement, 1, grammar, loglik)
+def _dispatcher(fn):
+    """``jit`` of ``fn(grammar, loglik, chunk, messages)``, run per shard when the batch's
+    ``placement`` (static) says it is sharded."""
+    def run(grammar, loglik, chunk, messages, placement=None):
+        if placement is None:
+            return fn(grammar, loglik, chunk, messages)
+        body = partial(fn, chunk=chunk, messages=messages, interleave=False)
+        return _per_shard(body, placement, 1, grammar, loglik)
+
+    return jax.jit(run, static_argnames=("chunk", "messages", "placement"))
 
 
-@partial(jax.jit, static_argnames=("chunk", "messages", "placement"))
-def _marginals_jit(grammar, loglik, chunk, messages, placement=None):
-    if placement is None:
-        return _marginals(grammar, loglik, chunk, messages)
-    body = partial(_marginals, chunk=chunk, messages=messages, interleave=False)
-    return _per_shard(body, placement, 1, grammar, loglik)
+_upward_jit = _dispatcher(_upward_public)
+_marginals_jit = _dispatcher(_marginals)
 
 
 def _placement_and_chunk(grammar, loglik, chunk_size):
