@@ -456,7 +456,9 @@ def upward(grammar: Grammar, leaf_log_likelihood, *, chunk_size: int | None = No
 
     Args:
       grammar: the rules.
-      leaf_log_likelihood: ``(n, d, v)`` log-likelihoods ``log p(obs_i | x0_i = a)``.
+      leaf_log_likelihood: ``(n, d, v)`` log-likelihoods ``log p(obs_i | x0_i = a)``. A
+        batch sharded over mesh axes (``NamedSharding``) runs per shard and the results
+        keep its sharding.
       chunk_size: data per step of the chunked computation (default
         :func:`default_chunk_size`); results do not depend on it.
       messages: also return every level's upward messages (``Upward.messages``; by default
@@ -486,7 +488,9 @@ def marginals(grammar: Grammar, leaf_log_likelihood, *, chunk_size: int | None =
 
     Args:
       grammar: the rules.
-      leaf_log_likelihood: ``(n, d, v)`` log-likelihoods ``log p(obs_i | x0_i = a)``.
+      leaf_log_likelihood: ``(n, d, v)`` log-likelihoods ``log p(obs_i | x0_i = a)``. A
+        batch sharded over mesh axes (``NamedSharding``) runs per shard and the results
+        keep its sharding.
       chunk_size: data per step of the chunked computation (default
         :func:`default_chunk_size`); results do not depend on it.
       messages: also return the upward and downward messages of every level
@@ -600,7 +604,7 @@ def sample_posterior(key: jax.Array, grammar: Grammar, leaf_log_likelihood,
       key: a PRNG key; datum ``i`` uses its own key split from it, so the draws do not
         depend on ``chunk_size`` or on how the batch is sharded.
       grammar: the rules.
-      leaf_log_likelihood: ``(n, d, v)``.
+      leaf_log_likelihood: ``(n, d, v)``; sharded batches as in :func:`marginals`.
       num_samples: independent draws per datum (static).
       chunk_size: data per step of the chunked computation (default
         :func:`default_chunk_size`).
