@@ -193,7 +193,7 @@ def forward_backward(key: jax.Array, grammar: Grammar, process, times, n_data: i
         weights = jnp.asarray(index < n_data, dtype)
         keys, weights = put_global((keys, weights), sharding)
         sums = _sweep_chunk(keys, weights, grammars, process, times_arr)
-        totals += np.asarray(sums, np.float64).transpose(0, 1, 2, 3, 4)
+        totals += np.asarray(sums, np.float64)
     mean = totals[..., 0, :] / n_data
     var = np.maximum(totals[..., 1, :] / n_data - mean**2, 0.0)
     se = np.sqrt(var / max(n_data - 1, 1))
