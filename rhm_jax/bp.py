@@ -205,6 +205,25 @@ def _inverse_tables(grammar: Grammar) -> tuple:
                  for level, r in enumerate(grammar.rules))
 
 
+@jax.custom_batching.custom_vmap
+def _loop_bound(lengths: jax.Array) -> jax.Array:
+    """``max(lengths)``: the trip count of a loop over padded slots, kept unbatched.
+
+    Any bound at least every table's own longest list is correct (extra trips only add
+    padded, all-zero slots). So under ``vmap`` over grammars the bound is the max over the
+    batch and stays a plain scalar: the loop remains a plain ``while`` loop instead of one
+    with a batched predicate, which would select every carry on every trip and trace
+    several times slower.
+    """
+    return jnp.max(lengths)
+
+
+@_loop_bound.def_vmap
+def _loop_bound_vmap(axis_size, in_batched, lengths):
+    del axis_size, in_batched
+    return jnp.max(lengths), False
+
+
 def _downward_step(table: InverseTable, parent: jax.Array, child_upward: jax.Array):
     """``w_{l+1, j*s+k}(b) ∝ Σ_{(a,psi): R[a,psi,k]=b} w_{l,j}(a) Π_{k'≠k} u_{k'}(R[a,psi,k'])``.
 
@@ -236,7 +255,7 @@ def _downward_step(table: InverseTable, parent: jax.Array, child_upward: jax.Arr
                 total = total + term
             return total
 
-        longest = jnp.max(jnp.sum(parents[k] < n_l, axis=-1))
+        longest = _loop_bound(jnp.sum(parents[k] < n_l, axis=-1))
         trips = (longest + group - 1) // group
         total = jax.lax.fori_loop(0, trips, add_group, jnp.zeros((c, v, nodes), parent.dtype))
         children.append(jax.lax.optimization_barrier(total))
