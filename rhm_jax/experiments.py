@@ -9,10 +9,14 @@ exact BP, and measure per level ``l``
 * the fraction of changed tokens, ``1 - P_L`` (sampled).
 
 Design. Per-datum PRNG keys (so results do not depend on chunking or on the number of
-devices); one compiled call per data chunk that ``vmap``-s over the noise levels and over a
-stack of K grammars; sums and sums of squares are reduced inside the call, so memory is
-bounded by the chunk size whatever ``n_data`` is. The chunk's batch axis is sharded over a
-``"data"`` device mesh.
+devices). Each data chunk goes through two compiled calls: one samples the data of every
+grammar and computes their leaf log-likelihoods at every noise level (``vmap`` over the
+levels; the only call that depends on the noise process), the other runs exact BP and both
+estimators with the noise levels folded into BP's batch, one grammar after another. The BP
+call is shared by every noise process of a config, so a sweep over processes compiles it
+once. Sums and sums of squares are reduced inside the call, so memory is bounded by the
+chunk size whatever ``n_data`` is. The chunk's batch axis is sharded over a ``"data"``
+device mesh.
 """
 
 from __future__ import annotations
