@@ -32,7 +32,8 @@ import numpy as np
 from rhm_jax import bp
 from rhm_jax.grammar import Grammar, sample_grammar, with_inverse_tables
 from rhm_jax.sampling import _sample_data
-from rhm_jax.sharding import auto_axes, batch_sharding, data_mesh, pad_to_multiple, put_global
+from rhm_jax.sharding import (DATA_AXIS, auto_axes, batch_sharding, data_mesh, pad_to_multiple,
+                              put_global)
 
 
 class ForwardBackwardResult(NamedTuple):
@@ -98,13 +99,12 @@ def _leaf_evidence(noise_keys, tokens, process, t):
     return process.leaf_log_likelihood(corrupt(noise_keys, tokens), t)
 
 
-@partial(jax.jit, static_argnames=("process",))
-def _observe_chunk(keys, grammars, process, times):
+def _observe(keys, grammars, times, process):
     """Data of every grammar and their leaf log-likelihoods at every noise level.
 
     Returns ``(latents, loglik, post_keys)``: ``latents[l]`` is ``(K, n, s**l)``, ``loglik``
-    is ``(K, n, T, d, v)`` (datum-major, so a batch sharded over devices stays so when the
-    noise levels are folded into it). The only part of a sweep that depends on the process.
+    is ``(K, n, T, d, v)`` (datum-major, so the noise levels fold into the batch without a
+    transpose). The only part of a sweep that depends on the noise process.
     """
     def one_grammar(grammar):
         data, noise_keys, post_keys = _sample_chunk(keys, grammar)
@@ -140,33 +140,63 @@ def _chunk_sums(weights, grammar, latents, loglik, post_keys):
     keys = jnp.broadcast_to(post_keys[:, None], (n, num_times)).reshape(n * num_times)
     truth = [jnp.repeat(x, num_times, axis=0) for x in latents]
     chunk = bp.default_chunk_size(grammar.config, n * num_times)
-    stats = bp._map_chunks(per_datum, (flat, keys, truth), chunk)
+    stats = bp._map_chunks(per_datum, (flat, keys, truth), chunk, interleave=False)
     stats = stats.reshape(n, num_times, *stats.shape[1:])  # (n, T, 2, L+1)
     w = weights[:, None, None, None].astype(stats.dtype)
     return jnp.stack([jnp.sum(w * stats, 0), jnp.sum(w * stats * stats, 0)], axis=2)
 
 
-@jax.jit
-def _estimate_chunk(weights, grammars, latents, loglik, post_keys):
-    """BP and both estimators for every grammar and noise level: ``(K, T, 2, 2, L+1)``.
+def _estimate(weights, grammars, latents, loglik, post_keys):
+    """BP and both estimators for every grammar and noise level: ``(K, T, 2, 2, L+1)``,
+    summed over the whole mesh.
 
     Grammars run one after the other (``lax.map``): each already has a batch of ``n * T``
     data, and BP with one grammar's rules traces and runs faster than BP vmapped over a
-    stack of rules (measured 1.3x per chunk on CPU, 2x faster tracing). Independent of the
-    noise process, so one compiled program serves every process of a config (compiling it
-    is most of a small sweep's time).
+    stack of rules (measured 1.3x per chunk on CPU, 2x faster tracing).
     """
     def one_grammar(inputs):
         grammar, latents, loglik = inputs
         return _chunk_sums(weights, grammar, latents, loglik, post_keys)
 
-    return jax.lax.map(one_grammar, (grammars, latents, loglik))
+    return jax.lax.psum(jax.lax.map(one_grammar, (grammars, latents, loglik)), DATA_AXIS)
 
 
-def _sweep_chunk(keys, weights, grammars, process, times):
-    """Sums of one data chunk for every grammar and noise level: ``(K, T, 2, 2, L+1)``."""
-    latents, loglik, post_keys = _observe_chunk(keys, grammars, process, times)
-    return _estimate_chunk(weights, grammars, latents, loglik, post_keys)
+_DATA = jax.sharding.PartitionSpec(DATA_AXIS)
+_BY_DATUM = jax.sharding.PartitionSpec(None, DATA_AXIS)  # (K, n, ...) arrays
+_REPLICATED = jax.sharding.PartitionSpec()
+
+
+@partial(jax.jit, static_argnames=("process", "mesh"))
+def _observe_chunk(keys, grammars, process, times, mesh):
+    """:func:`_observe` on every device's block of the chunk (``jax.shard_map``)."""
+    return jax.shard_map(partial(_observe, process=process), mesh=mesh,
+                         in_specs=(_DATA, _REPLICATED, _REPLICATED),
+                         out_specs=(_BY_DATUM, _BY_DATUM, _DATA),
+                         check_vma=False)(keys, grammars, times)
+
+
+@partial(jax.jit, static_argnames=("mesh",))
+def _estimate_chunk(weights, grammars, latents, loglik, post_keys, mesh):
+    """:func:`_estimate` per device, the sums reduced over the mesh (replicated result).
+
+    Independent of the noise process, so one compiled program serves every process of a
+    config (compiling it is most of a small sweep's time).
+    """
+    # check_vma off: loop carries start replicated and become per-device.
+    return jax.shard_map(_estimate, mesh=mesh,
+                         in_specs=(_DATA, _REPLICATED, _BY_DATUM, _BY_DATUM, _DATA),
+                         out_specs=_REPLICATED,
+                         check_vma=False)(weights, grammars, latents, loglik, post_keys)
+
+
+def _sweep_chunk(keys, weights, grammars, process, times, mesh):
+    """Sums of one data chunk for every grammar and noise level: ``(K, T, 2, 2, L+1)``.
+
+    Each device works on its own block of the chunk with no communication but the final
+    sum: the programs compile for one device's shapes, however many devices there are.
+    """
+    latents, loglik, post_keys = _observe_chunk(keys, grammars, process, times, mesh)
+    return _estimate_chunk(weights, grammars, latents, loglik, post_keys, mesh)
 
 
 def _check_args(grammar, process, times, n_data, chunk_size):
@@ -249,7 +279,7 @@ def forward_backward(key: jax.Array, grammar: Grammar, process, times, n_data: i
         keys = jax.vmap(partial(jax.random.fold_in, key))(jnp.asarray(index, jnp.uint32))
         weights = jnp.asarray(index < n_data, dtype)
         keys, weights = put_global((keys, weights), sharding)
-        sums = _sweep_chunk(keys, weights, grammars, process, times_arr)
+        sums = _sweep_chunk(keys, weights, grammars, process, times_arr, mesh)
         totals += np.asarray(sums, np.float64)
     mean = totals[..., 0, :] / n_data
     var = np.maximum(totals[..., 1, :] / n_data - mean**2, 0.0)
