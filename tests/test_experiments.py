@@ -46,6 +46,12 @@ def test_sharded_equals_unsharded_and_chunking_invariant(grammar):
                             mesh=explicit)
     np.testing.assert_array_equal(one.sampled, mine.sampled)
     np.testing.assert_allclose(one.marginal, mine.marginal, rtol=1e-6, atol=1e-7)
+    # A 2-D mesh: the batch splits over "data" only and is replicated over the other axis.
+    two_d = jax.make_mesh((2, 2), ("model", "data"))
+    grid = forward_backward(jax.random.key(2), grammar, proc, eps, 64, chunk_size=32,
+                            mesh=two_d)
+    np.testing.assert_array_equal(one.sampled, grid.sampled)
+    np.testing.assert_allclose(one.marginal, grid.marginal, rtol=1e-6, atol=1e-7)
 
 
 def test_marginal_and_sampled_estimators_agree(eps_sweep):
