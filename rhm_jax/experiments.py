@@ -118,31 +118,34 @@ def _observe(keys, grammars, times, process):
 def _chunk_sums(weights, grammar, latents, loglik, post_keys):
     """Sums and sums of squares over a data chunk of the per-datum P_l, both estimators.
 
-    The noise levels are folded into the batch (datum ``i`` at level ``j`` is row
-    ``i*T + j``): BP is per datum, so one batched BP serves every level, run in the
-    library's cache-sized chunks. Returns ``(T, 2, 2, L+1)``: [noise level][estimator
-    (marginal, sampled)][sum, sum of squares][level].
+    The noise levels are folded into BP's batch (datum ``i`` at level ``j`` is row
+    ``i*T + j`` of a step): BP is per datum, so one batched BP serves every level. Steps
+    take whole data with all their levels, about the library's cache-sized chunk of rows.
+    Returns ``(T, 2, 2, L+1)``: [noise level][estimator (marginal, sampled)][sum, sum of
+    squares][level].
     """
     n, num_times = loglik.shape[:2]
     s = grammar.config.s
 
-    def per_datum(batch):
-        loglik, keys, latents = batch
-        marginals, messages, _, _ = bp._marginals_internal(grammar, loglik)
+    def per_data(batch):
+        loglik, keys, latents = batch  # (c, T, d, v), (c,), [(c, s**l)]
+        c = loglik.shape[0]
+        rows = c * num_times
+        keys = jnp.broadcast_to(keys[:, None], (c, num_times)).reshape(rows)
+        latents = [jnp.repeat(x, num_times, axis=0) for x in latents]
+        marginals, messages, _, _ = bp._marginals_internal(
+            grammar, loglik.reshape(rows, *loglik.shape[2:]))
         # BP's internal node order is digit-reversed; the sampler returns natural order.
         marginal = jnp.stack([_true_symbol_probability(mu, bp.reverse_digits(x, s, axis=1))
                               for mu, x in zip(marginals, latents)], axis=-1)
         drawn = bp._sample_tree(keys, grammar, messages, marginals[0][:, :, 0]).latents
         sampled = jnp.stack([jnp.mean(d == x, axis=-1) for d, x in zip(drawn, latents)], axis=-1)
-        return jnp.stack([marginal, sampled.astype(marginal.dtype)], axis=1)
+        stats = jnp.stack([marginal, sampled.astype(marginal.dtype)], axis=1)
+        return stats.reshape(c, num_times, *stats.shape[1:])
 
-    flat = loglik.reshape(n * num_times, *loglik.shape[2:])
-    keys = jnp.broadcast_to(post_keys[:, None], (n, num_times)).reshape(n * num_times)
-    truth = [jnp.repeat(x, num_times, axis=0) for x in latents]
-    chunk = bp.default_chunk_size(grammar.config, n * num_times)
-    stats = bp._map_chunks(per_datum, (flat, keys, truth), chunk, interleave=False)
-    stats = stats.reshape(n, num_times, *stats.shape[1:])  # (n, T, 2, L+1)
-    w = weights[:, None, None, None].astype(stats.dtype)
+    chunk = max(1, bp.default_chunk_size(grammar.config, n * num_times) // num_times)
+    stats = bp._map_chunks(per_data, (loglik, post_keys, latents), chunk, interleave=False)
+    w = weights[:, None, None, None].astype(stats.dtype)  # stats: (n, T, 2, L+1)
     return jnp.stack([jnp.sum(w * stats, 0), jnp.sum(w * stats * stats, 0)], axis=2)
 
 
