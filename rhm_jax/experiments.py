@@ -83,16 +83,6 @@ def _true_symbol_probability(marginal, symbols):
     return jnp.mean(picked, axis=-1)
 
 
-def _sample_chunk(keys, grammar):
-    """The chunk's data (one per key) with the keys of their noise and posterior draws."""
-    def one_datum(key):
-        data_key, noise_key, post_key = jax.random.split(key, 3)
-        return _sample_data(data_key, grammar, 1, None, True), noise_key, post_key
-
-    data, noise_keys, post_keys = jax.vmap(one_datum)(keys)
-    return jax.tree.map(lambda x: x[:, 0], data), noise_keys, post_keys
-
-
 def _leaf_evidence(noise_keys, tokens, process, t):
     """Corrupt every datum to time ``t`` with its own key: ``(n, d, v)`` leaf log-likelihoods."""
     corrupt = jax.vmap(lambda key, x: process.corrupt(key, x[None], t)[0])
@@ -104,15 +94,20 @@ def _observe(keys, grammars, times, process):
 
     Returns ``(latents, loglik, post_keys)``: ``latents[l]`` is ``(K, n, s**l)``, ``loglik``
     is ``(K, n, T, d, v)`` (datum-major, so the noise levels fold into the batch without a
-    transpose). The only part of a sweep that depends on the noise process.
+    transpose), ``post_keys`` ``(n,)`` (the same for every grammar). The only part of a
+    sweep that depends on the noise process.
     """
-    def one_grammar(grammar):
-        data, noise_keys, post_keys = _sample_chunk(keys, grammar)
-        over_times = jax.vmap(_leaf_evidence, in_axes=(None, None, None, 0), out_axes=1)
-        return data.latents, over_times(noise_keys, data.tokens, process, times), post_keys
+    split = jax.vmap(jax.random.split, in_axes=(0, None))(keys, 3)  # (n, 3)
+    data_keys, noise_keys, post_keys = split[:, 0], split[:, 1], split[:, 2]
+    over_times = jax.vmap(_leaf_evidence, in_axes=(None, None, None, 0), out_axes=1)
 
-    latents, loglik, post_keys = jax.vmap(one_grammar)(grammars)
-    return latents, loglik, post_keys[0]
+    def one_grammar(grammar):
+        data = jax.vmap(lambda key: _sample_data(key, grammar, 1, None, True))(data_keys)
+        data = jax.tree.map(lambda x: x[:, 0], data)
+        return data.latents, over_times(noise_keys, data.tokens, process, times)
+
+    latents, loglik = jax.vmap(one_grammar)(grammars)
+    return latents, loglik, post_keys
 
 
 def _chunk_sums(weights, grammar, latents, loglik, post_keys):
