@@ -61,6 +61,10 @@ def _cmd_sample(args) -> int:
     return 0
 
 
+#: Modules that each add one ``rhm-jax`` command (the command line grows by adding a file).
+COMMAND_MODULES = ("phase_cli",)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rhm-jax",
@@ -72,12 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--n", type=int, default=1000, help="number of data (default %(default)s)")
     sample.add_argument("--out", default="runs/sample", help="output folder (default %(default)s)")
     sample.set_defaults(func=_cmd_sample)
-    try:
-        from rhm_jax import phase_cli
-    except ImportError:  # pragma: no cover - arrives with the phase-transition module
-        phase_cli = None
-    if phase_cli is not None:
-        phase_cli.add_parser(sub, _add_config_args)
+    import importlib
+
+    # Each command lives in its own module with an ``add_parser(subparsers, add_config_args)``.
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"rhm_jax.{name}").add_parser(sub, _add_config_args)
     return parser
 
 
