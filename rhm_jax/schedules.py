@@ -10,7 +10,7 @@ Provided (DESIGN.md §2):
 
 * :class:`LinearBeta` — DDPM linear-β, discrete with ``T`` steps; the defaults are the DDPM
   choice (β from 1e-4 to 0.02 over T = 1000), :meth:`LinearBeta.rhm` the RHM choice
-  (β from 1e-3 to 0.1 over T = 200).
+  (β from 1e-3 to 0.1 over T = 200, the RHM diffusion study's exact convention).
 * :class:`Cosine` — Nichol & Dhariwal's cosine schedule.
 * :class:`LinearAlphaBar` — ``ᾱ_t = 1 - t``, the MD4/MDLM masking convention.
 
@@ -79,21 +79,36 @@ class Schedule(Protocol):
 
 # ---- linear β (DDPM) ------------------------------------------------------------------------
 @functools.lru_cache(maxsize=32)
-def _linear_beta_log_alpha_bar_table(beta_min: float, beta_max: float, T: int) -> np.ndarray:
+def _linear_beta_log_alpha_bar_table(beta_min: float, beta_max: float, T: int,
+                                     product_from_zero: bool) -> np.ndarray:
     """``log ᾱ_k`` for k = 0..T in float64 (``ᾱ_0 = 1``); cached per schedule."""
-    betas = np.linspace(beta_min, beta_max, T, dtype=np.float64)
-    table = np.concatenate([[0.0], np.cumsum(np.log1p(-betas))])
+    if product_from_zero:  # β_j = β1 + (β2-β1)·j/T, j = 0..T; ᾱ_k = Π_{j=0..k}(1-β_j)
+        betas = beta_min + (beta_max - beta_min) * np.arange(T + 1, dtype=np.float64) / T
+        log_keep = np.cumsum(np.log1p(-betas))[1:]
+    else:  # DDPM: β_k = np.linspace(β1, β2, T)[k-1]; ᾱ_k = Π_{i=1..k}(1-β_i)
+        log_keep = np.cumsum(np.log1p(-np.linspace(beta_min, beta_max, T, dtype=np.float64)))
+    table = np.concatenate([[0.0], log_keep])
     table.setflags(write=False)
     return table
 
 
 @dataclasses.dataclass(frozen=True)
 class LinearBeta:
-    """DDPM linear-β schedule with ``T`` discrete steps (DESIGN.md §2).
+    """Linear-β schedule with ``T`` discrete steps (DESIGN.md §2 and §7).
 
-    ``β_k = beta_min + (beta_max - beta_min)·(k-1)/(T-1)`` for ``k = 1..T`` (``np.linspace``
-    as in DDPM) and ``ᾱ_k = Π_{i≤k} (1 - β_i)``, ``ᾱ_0 = 1``. Continuous time maps to the
-    fractional step ``t·T``; ``alpha_bar(t)`` is exact at integer steps and interpolates
+    Two conventions, both with ``ᾱ_0 = 1`` (clean data) and steps ``k = 1..T``:
+
+    * DDPM (default, ``product_from_zero=False``): ``β_k = beta_min + (beta_max -
+      beta_min)·(k-1)/(T-1)`` for ``k = 1..T`` (``np.linspace`` as in DDPM) and
+      ``ᾱ_k = Π_{i=1..k} (1 - β_i)``.
+    * The RHM diffusion study's (``product_from_zero=True``, :meth:`rhm`): ``T + 1`` values
+      ``β_j = beta_min + (beta_max - beta_min)·j/T``, ``j = 0..T``, and
+      ``ᾱ_k = Π_{j=0..k} (1 - β_j)``: the product includes ``j = 0``, so the first step
+      already multiplies two factors (``ᾱ_1 = 0.999·0.998505 = 0.997506`` for the defaults)
+      and ``ᾱ_T = 2.73e-5``.
+
+    ``beta(k) = 1 - ᾱ_k/ᾱ_{k-1}`` is the noise added by step ``k``. Continuous time maps to
+    the fractional step ``t·T``; ``alpha_bar(t)`` is exact at integer steps and interpolates
     ``log ᾱ`` linearly in between (not the integral ``T∫log(1-β(u))du``, which the
     discrete sampler never needs). So ``alpha_bar(k/T) == alpha_bar_at_step(k)``.
 
@@ -101,6 +116,7 @@ class LinearBeta:
       beta_min: first β, in (0, 1).
       beta_max: last β, in [beta_min, 1).
       T: number of steps, an integer >= 1.
+      product_from_zero: use the RHM study's convention above.
 
     Examples:
       >>> sched = LinearBeta()  # DDPM: 1e-4 -> 0.02 over 1000 steps
@@ -108,8 +124,11 @@ class LinearBeta:
       (0.9999, 0.0001)
       >>> float(sched.alpha_bar(0.0))
       1.0
-      >>> LinearBeta.rhm()
-      LinearBeta(beta_min=0.001, beta_max=0.1, T=200)
+      >>> rhm = LinearBeta.rhm()
+      >>> rhm
+      LinearBeta(beta_min=0.001, beta_max=0.1, T=200, product_from_zero=True)
+      >>> round(float(rhm.alpha_bar_at_step(1)), 6), f"{float(rhm.alpha_bar(1.0)):.3g}"
+      (0.997506, '2.73e-05')
 
     References:
       Ho, Jain & Abbeel, "Denoising Diffusion Probabilistic Models", NeurIPS 2020.
@@ -118,6 +137,7 @@ class LinearBeta:
     beta_min: float = 1e-4
     beta_max: float = 0.02
     T: int = 1000
+    product_from_zero: bool = False
 
     def __post_init__(self):
         _check_positive_finite("beta_min", self.beta_min)
@@ -133,18 +153,25 @@ class LinearBeta:
             raise TypeError(f"T must be an integer, got {self.T!r}")
         if self.T < 1:
             raise ValueError(f"T = {self.T} must be >= 1")
+        if not isinstance(self.product_from_zero, (bool, np.bool_)):
+            raise TypeError(f"product_from_zero must be a bool, got {self.product_from_zero!r}")
         # normalise numpy scalars so equal schedules hash equal
+        object.__setattr__(self, "product_from_zero", bool(self.product_from_zero))
         object.__setattr__(self, "beta_min", float(self.beta_min))
         object.__setattr__(self, "beta_max", float(self.beta_max))
         object.__setattr__(self, "T", int(self.T))
 
     @classmethod
     def rhm(cls) -> LinearBeta:
-        """The RHM paper's choice: β from 1e-3 to 0.1 over T = 200 steps."""
-        return cls(beta_min=1e-3, beta_max=0.1, T=200)
+        """The RHM diffusion study's schedule: β from 1e-3 to 0.1, T = 200, product from j = 0.
+
+        Matches that study's ``ᾱ_k`` exactly at every step ``k = 1..T`` (DESIGN.md §7).
+        """
+        return cls(beta_min=1e-3, beta_max=0.1, T=200, product_from_zero=True)
 
     def _log_alpha_bar_table(self) -> np.ndarray:
-        return _linear_beta_log_alpha_bar_table(self.beta_min, self.beta_max, self.T)
+        return _linear_beta_log_alpha_bar_table(self.beta_min, self.beta_max, self.T,
+                                                self.product_from_zero)
 
     def _check_step(self, name: str, k, minimum: int):
         dtype = jnp.result_type(k)
@@ -165,9 +192,13 @@ class LinearBeta:
         return jnp.exp(table[k])
 
     def beta(self, k: ArrayLike) -> Float[Array, "..."]:
-        """``β_k`` for integer steps ``k`` in ``1..T``."""
+        """``β_k = 1 - ᾱ_k/ᾱ_{k-1}`` for integer steps ``k`` in ``1..T``."""
         k = self._check_step("k", k, 1)
         dtype = _default_float_dtype()
+        if self.product_from_zero:
+            table = self._log_alpha_bar_table()
+            step_betas = -np.expm1(np.diff(table))  # exact in float64, then cast
+            return jnp.asarray(step_betas, dtype=dtype)[k - 1]
         if self.T == 1:
             return jnp.full(jnp.shape(k), self.beta_min, dtype=dtype)
         slope = (self.beta_max - self.beta_min) / (self.T - 1)

@@ -33,7 +33,7 @@ def test_ddpm_alpha_bar_at_final_step_matches_numpy_cumprod():
     np.testing.assert_allclose(float(sched.alpha_bar(1.0)), expected[-1], rtol=1e-5)
 
 
-@pytest.mark.parametrize("sched", [LinearBeta(), LinearBeta.rhm(), LinearBeta(0.01, 0.01, 1)])
+@pytest.mark.parametrize("sched", [LinearBeta(), LinearBeta(1e-3, 0.1, 200), LinearBeta(0.01, 0.01, 1)])
 def test_linear_beta_every_step_matches_numpy_cumprod(sched):
     expected = numpy_ddpm_alpha_bar(sched.beta_min, sched.beta_max, sched.T)
     steps = jnp.arange(sched.T + 1)
@@ -44,9 +44,20 @@ def test_linear_beta_every_step_matches_numpy_cumprod(sched):
     np.testing.assert_allclose(sched.alpha_bar(steps / sched.T), expected, rtol=1e-5)
 
 
+def rhm_study_alpha_bar(beta1=1e-3, beta2=0.1, T=200):
+    """The RHM diffusion study's ``ᾱ_k``, k = 0..T: ``Π_{j=0..k}(1-β_j)``, ``β_j = β1+(β2-β1)j/T``
+    (a plain loop, independent of the library's table); ``ᾱ_0 = 1`` is the clean datum."""
+    out, product = [1.0], 1.0
+    for j in range(T + 1):
+        product *= 1.0 - (beta1 + (beta2 - beta1) * j / T)
+        if j >= 1:
+            out.append(product)
+    return np.array(out)
+
+
 def test_linear_beta_interpolates_log_alpha_bar_between_steps():
     sched = LinearBeta.rhm()
-    expected = numpy_ddpm_alpha_bar(1e-3, 0.1, 200)
+    expected = rhm_study_alpha_bar()
     steps = np.arange(200)
     midpoints = (steps + 0.5) / 200
     np.testing.assert_allclose(
@@ -55,9 +66,27 @@ def test_linear_beta_interpolates_log_alpha_bar_between_steps():
 
 
 def test_rhm_constant():
-    assert LinearBeta.rhm() == LinearBeta(beta_min=1e-3, beta_max=0.1, T=200)
-    expected = numpy_ddpm_alpha_bar(1e-3, 0.1, 200)[-1]
-    np.testing.assert_allclose(float(LinearBeta.rhm().alpha_bar(1.0)), expected, rtol=1e-5)
+    assert LinearBeta.rhm() == LinearBeta(beta_min=1e-3, beta_max=0.1, T=200, product_from_zero=True)
+    assert LinearBeta.rhm() != LinearBeta(beta_min=1e-3, beta_max=0.1, T=200)
+
+
+def test_rhm_study_schedule_hand_computed_values():
+    # by hand: β_0 = 0.001, β_1 = 0.001 + 0.099/200 = 0.001495, β_2 = 0.00199
+    sched = LinearBeta.rhm()
+    assert float(sched.alpha_bar(0.0)) == 1.0
+    np.testing.assert_allclose(float(sched.alpha_bar_at_step(1)), 0.999 * 0.998505, rtol=1e-6)
+    np.testing.assert_allclose(float(sched.alpha_bar_at_step(2)), 0.999 * 0.998505 * 0.99801,
+                               rtol=1e-6)
+    # the study's last step: reachable at t = 1 (the DDPM-convention table stops at 3.04e-5)
+    np.testing.assert_allclose(float(sched.alpha_bar(1.0)), 2.7322e-5, rtol=1e-4)
+    steps = jnp.arange(201)
+    expected = rhm_study_alpha_bar()
+    np.testing.assert_allclose(sched.alpha_bar_at_step(steps), expected, rtol=1e-5)
+    np.testing.assert_allclose(sched.alpha_bar(steps / 200), expected, rtol=1e-5)
+    # β(k) is the noise of step k: ᾱ_k = ᾱ_{k-1}(1 - β(k)); step 1 carries β_0 and β_1
+    np.testing.assert_allclose(float(sched.beta(1)), 1 - 0.999 * 0.998505, rtol=1e-5)
+    np.testing.assert_allclose(sched.beta(jnp.arange(2, 201)),
+                               1e-3 + 0.099 * np.arange(2, 201) / 200, rtol=1e-5)
 
 
 # ---- cosine and linear ᾱ -----------------------------------------------------------------
@@ -81,7 +110,8 @@ def test_monotone_decreasing_in_unit_interval_with_endpoints(sched):
     assert np.all((alpha_bar >= 0) & (alpha_bar <= 1))
     assert alpha_bar[0] == 1.0
     if isinstance(sched, LinearBeta):
-        expected_end = numpy_ddpm_alpha_bar(sched.beta_min, sched.beta_max, sched.T)[-1]
+        reference = rhm_study_alpha_bar if sched.product_from_zero else numpy_ddpm_alpha_bar
+        expected_end = reference(sched.beta_min, sched.beta_max, sched.T)[-1]
         np.testing.assert_allclose(alpha_bar[-1], expected_end, rtol=1e-5)
     else:
         assert alpha_bar[-1] == 0.0  # cosine: exactly 0 (sin form), not a cos(π/2) residue
