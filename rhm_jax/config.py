@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 
+from rhm_jax._checks import check_int, format_bytes
 
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {value!r} of type {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} = {value} must be >= {minimum}")
+#: Most tokens one datum may have: positions are int32 throughout (``2**31 - 1``).
+MAX_TOKENS = 2**31 - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,7 +21,8 @@ class RHMConfig:
       v: vocabulary size of every level below the root.
       m: number of production rules (synonyms) per symbol.
       s: branching factor (length of each production).
-      L: depth; data are sequences of ``d = s**L`` tokens.
+      L: depth; data are sequences of ``d = s**L`` tokens, at most ``2**31 - 1`` (int32
+        positions; ``L <= 30`` for ``s = 2``).
       n_classes: number of root symbols (classes); defaults to ``v``.
 
     Examples:
@@ -40,17 +38,30 @@ class RHMConfig:
     n_classes: int | None = None
 
     def __post_init__(self):
-        _check_int("v", self.v, 2)
-        _check_int("m", self.m, 1)
-        _check_int("s", self.s, 2)
-        _check_int("L", self.L, 1)
+        minimum = {"v": 2, "m": 1, "s": 2, "L": 1, "n_classes": 1}
         if self.n_classes is None:
-            object.__setattr__(self, "n_classes", int(self.v))
-        _check_int("n_classes", self.n_classes, 1)
-        for name in ("v", "m", "s", "L", "n_classes"):  # normalise numpy ints for hashing
-            object.__setattr__(self, name, int(getattr(self, name)))
+            object.__setattr__(self, "n_classes", self.v)
+        for name in ("v", "m", "s", "L", "n_classes"):  # as Python ints: numpy ints hash alike
+            object.__setattr__(self, name, check_int(name, getattr(self, name), minimum[name]))
+        for name in ("v", "n_classes"):  # symbols are int32 everywhere
+            if getattr(self, name) > MAX_TOKENS:
+                raise ValueError(f"{name} = {getattr(self, name)} must be <= 2**31 - 1 "
+                                 "(symbols are int32)")
+        # L > 30 is refused before s**L is formed (L = 10**9 would take minutes to power).
+        if self.L > 30 or self.s**self.L > MAX_TOKENS:
+            max_L = 0
+            while self.s ** (max_L + 1) <= MAX_TOKENS:
+                max_L += 1
+            size = (f" ({format_bytes(4 * self.s**self.L)} as int32 for one datum)"
+                    if self.L * math.log2(self.s) < 200 else "")
+            raise ValueError(
+                f"L = {self.L} gives d = s**L = {self.s}**{self.L} tokens per datum{size}, more "
+                f"than 2**31 - 1 (token positions are int32): L must be <= {max_L} for "
+                f"s = {self.s}")
         n_max = max(self.n_classes, self.v)
-        if n_max * self.m > self.v**self.s:
+        # v**s is formed only when it could be the smaller side (s can be up to 2**31 - 1).
+        surely_enough = self.s * math.log2(self.v) > (n_max * self.m).bit_length() + 1
+        if not surely_enough and n_max * self.m > self.v**self.s:
             raise ValueError(
                 f"max(n_classes, v) * m = {n_max} * {self.m} = {n_max * self.m} exceeds "
                 f"v**s = {self.v}**{self.s} = {self.v ** self.s}: each level needs that many "
