@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import weakref
 from functools import partial
 from typing import NamedTuple
 
@@ -11,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rhm_jax._checks import check_key
 from rhm_jax.config import RHMConfig
 
 
@@ -48,6 +50,78 @@ class Grammar:
     rules: tuple
     config: RHMConfig
     inverse: tuple | None = None
+
+
+#: Concrete rule arrays already found valid, keyed by (id, config, level): a jax.Array is
+#: immutable, and the entry goes when the array does, so an id is never reused stale.
+_VALID_RULES: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+def _check_level_values(name: str, rules: np.ndarray, config: RHMConfig, level: int) -> None:
+    """Symbols in ``[0, v)`` and no s-tuple twice in a level (of each grammar of a stack)."""
+    if rules.size and (rules.min() < 0 or rules.max() >= config.v):
+        raise ValueError(f"{name} has symbols in [{rules.min()}, {rules.max()}], outside "
+                         f"[0, v={config.v})")
+    for flat in rules.reshape(-1, rules.shape[-3] * rules.shape[-2], config.s):
+        uniq, counts = np.unique(flat, axis=0, return_counts=True)
+        if np.any(counts > 1):
+            dup = tuple(int(x) for x in uniq[np.argmax(counts)])
+            raise ValueError(
+                f"{name} is ambiguous: the tuple {dup} appears {counts.max()} times; each "
+                "s-tuple may belong to at most one (symbol, rule) in a level")
+
+
+def check_grammar(grammar, name: str = "grammar", *, stacked: bool | None = False) -> "Grammar":
+    """Raise unless ``grammar`` is a :class:`Grammar` whose rules fit its config.
+
+    Always (also under ``jit``): the type, the number of levels, each level's shape
+    ``(n_l, m, s)`` (``(K, n_l, m, s)`` for a stack) and an integer dtype. On concrete rules
+    also the values: symbols in ``[0, v)`` and an unambiguous level (no tuple twice), so a
+    hand-built ``Grammar(...)`` with wrong rules is refused instead of giving finite
+    nonsense. Concrete ``jax.Array`` rules are checked once and remembered.
+
+    Args:
+      grammar: the value to check.
+      name: the argument's name in messages.
+      stacked: ``False`` for one grammar, ``True`` for a stack, ``None`` for either.
+
+    Returns:
+      ``grammar``.
+    """
+    if not isinstance(grammar, Grammar):
+        raise TypeError(f"{name} must be a Grammar, got {type(grammar).__name__}")
+    cfg = grammar.config
+    if not isinstance(cfg, RHMConfig):
+        raise TypeError(f"{name}.config must be an RHMConfig, got {type(cfg).__name__}")
+    rules = grammar.rules
+    if not isinstance(rules, (tuple, list)) or len(rules) != cfg.L:
+        got = f"{len(rules)} levels" if isinstance(rules, (tuple, list)) else type(rules).__name__
+        raise ValueError(f"{name}.rules must hold L = {cfg.L} arrays (one per level), got {got}")
+    ranks = {False: (3,), True: (4,), None: (3, 4)}[stacked]
+    batch = None
+    for level, r in enumerate(rules):
+        where = f"{name}.rules[{level}]"
+        shape = tuple(getattr(r, "shape", ()))
+        want = (cfg.num_symbols(level), cfg.m, cfg.s)
+        if len(shape) not in ranks or shape[-3:] != want:
+            form = " or ".join({3: f"{want}", 4: f"(K, *{want})"}[k] for k in ranks)
+            raise ValueError(f"{where} has shape {shape}, expected (n_l, m, s) = {form} for "
+                             f"{name}.config = {cfg}")
+        if batch is not None and shape[:-3] != batch:
+            raise ValueError(f"{where} has stack shape {shape[:-3]}, but level 0 has {batch}")
+        batch = shape[:-3]
+        dtype = np.dtype(r.dtype)
+        if dtype == np.bool_ or not np.issubdtype(dtype, np.integer):
+            raise TypeError(f"{where} has dtype {dtype}; rules must be integers")
+        if isinstance(r, jax.core.Tracer):
+            continue
+        memo = (id(r), cfg, level)
+        if _VALID_RULES.get(memo) is r:
+            continue
+        _check_level_values(where, np.asarray(r), cfg, level)
+        if isinstance(r, jax.Array):
+            _VALID_RULES[memo] = r
+    return grammar
 
 
 def max_slots_per_child(config: RHMConfig, level: int) -> int:
@@ -99,7 +173,7 @@ def with_inverse_tables(grammar: Grammar) -> Grammar:
     Works for one grammar or a stack (the tables are padded to the largest count in the
     stack). BP runs faster with tight tables than with the padded bound it uses otherwise.
     """
-    cfg = grammar.config
+    cfg = check_grammar(grammar, stacked=None).config
     tables = []
     for level, rules in enumerate(grammar.rules):
         if isinstance(rules, jax.core.Tracer):
@@ -174,6 +248,7 @@ def sample_grammar(key: jax.Array, config: RHMConfig) -> Grammar:
     """
     if not isinstance(config, RHMConfig):
         raise TypeError(f"config must be an RHMConfig, got {type(config).__name__}")
+    check_key("key", key)
     return with_inverse_tables(Grammar(rules=_sample_rules(key, config), config=config))
 
 
@@ -204,19 +279,8 @@ def grammar_from_rules(rules, config: RHMConfig) -> Grammar:
         want = (config.num_symbols(level), config.m, config.s)
         if r.shape != want:
             raise ValueError(f"rules[{level}] has shape {r.shape}, expected (n_l, m, s) = {want}")
-        if not np.issubdtype(r.dtype, np.integer):
+        if r.dtype == np.bool_ or not np.issubdtype(r.dtype, np.integer):
             raise ValueError(f"rules[{level}] has dtype {r.dtype}; rules must be integers")
-        if r.min() < 0 or r.max() >= config.v:
-            raise ValueError(
-                f"rules[{level}] has symbols in [{r.min()}, {r.max()}], outside [0, v={config.v})"
-            )
-        flat = r.reshape(-1, config.s)
-        uniq, counts = np.unique(flat, axis=0, return_counts=True)
-        if np.any(counts > 1):
-            dup = tuple(int(x) for x in uniq[np.argmax(counts)])
-            raise ValueError(
-                f"rules[{level}] is ambiguous: the tuple {dup} appears {counts.max()} times; "
-                "each s-tuple may belong to at most one (symbol, rule) in a level"
-            )
+        _check_level_values(f"rules[{level}]", r, config, level)  # before the int32 cast
         checked.append(jnp.asarray(r, dtype=jnp.int32))
     return with_inverse_tables(Grammar(rules=tuple(checked), config=config))
