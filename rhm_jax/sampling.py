@@ -18,8 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rhm_jax._checks import check_bool, check_fits, check_int, check_int_values, check_key
 from rhm_jax.config import RHMConfig
-from rhm_jax.grammar import Grammar
+from rhm_jax.grammar import Grammar, check_grammar
 
 
 class Data(NamedTuple):
@@ -74,14 +75,28 @@ def _sample_data(key, grammar, n, classes, return_latents):
                 digits if return_latents else None)
 
 
+def sample_data_bytes(config: RHMConfig, n: int) -> int:
+    """Peak bytes that :func:`sample_data` allocates for ``n`` data of ``config``.
+
+    Int32 rule choices and digits (``2·(1 + N)`` per datum, ``N`` internal nodes) and the
+    symbols of every level (``(s**(L+1) - 1)/(s - 1)`` per datum, the tokens among them).
+    """
+    nodes = (config.s ** (config.L + 1) - 1) // (config.s - 1)
+    return 4 * int(n) * (2 * (1 + config.num_internal_nodes) + nodes)
+
+
 def sample_data(key: jax.Array, grammar: Grammar, n: int, *, classes=None,
                 return_latents: bool = False) -> Data:
     """Draws ``n`` data i.i.d. from the RHM (uniform class, uniform rule at every node).
 
+    Allocates about :func:`sample_data_bytes` (``4·n·(2(1+N) + (s**(L+1)-1)/(s-1))``
+    bytes); a call that cannot fit in the device's memory is refused before any work,
+    with its size.
+
     Args:
-      key: a PRNG key.
+      key: a PRNG key (``jax.random.key`` or a legacy ``jax.random.PRNGKey``).
       grammar: the rules.
-      n: number of data (static).
+      n: number of data (static), a positive integer.
       classes: optional ``(n,)`` int classes for class-conditional sampling.
       return_latents: also return the symbols of every level and the index digits.
 
@@ -96,22 +111,25 @@ def sample_data(key: jax.Array, grammar: Grammar, n: int, *, classes=None,
       >>> data.tokens.shape, [x.shape[1] for x in data.latents]
       ((5, 8), [1, 2, 4, 8])
     """
-    cfg = grammar.config
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n = {n!r} must be a positive integer")
+    check_key("key", key)
+    cfg = check_grammar(grammar).config
+    n = check_int("n", n, minimum=1)
+    return_latents = check_bool("return_latents", return_latents)
     if classes is not None:
-        classes = jnp.asarray(classes)
+        if not isinstance(classes, jax.core.Tracer):
+            classes = np.asarray(classes)  # checked before any int32 cast
         if classes.shape != (n,):
             raise ValueError(f"classes has shape {classes.shape}, expected (n,) = ({n},)")
-        if not jnp.issubdtype(classes.dtype, jnp.integer):
+        if classes.dtype == np.bool_ or not jnp.issubdtype(classes.dtype, jnp.integer):
             raise ValueError(f"classes has dtype {classes.dtype}; classes must be integers")
         if not isinstance(classes, jax.core.Tracer) and (
                 int(classes.min()) < 0 or int(classes.max()) >= cfg.n_classes):
             raise ValueError(
                 f"classes must lie in [0, n_classes={cfg.n_classes}), got values in "
                 f"[{int(classes.min())}, {int(classes.max())}]")
-        classes = classes.astype(jnp.int32)
-    return _sample_data(key, grammar, int(n), classes, bool(return_latents))
+        classes = jnp.asarray(classes, jnp.int32)
+    check_fits(f"sample_data(n={n}) at d = {cfg.s}**{cfg.L} tokens", sample_data_bytes(cfg, n))
+    return _sample_data(key, grammar, n, classes, return_latents)
 
 
 # ---- exact indexing -----------------------------------------------------------------------
@@ -127,21 +145,43 @@ def index_to_digits(config: RHMConfig, index) -> np.ndarray:
       >>> index_to_digits(cfg, [0, 5, 7]).tolist()
       [[0, 0], [2, 1], [3, 1]]
     """
-    indices = [index] if isinstance(index, (int, np.integer)) else list(index)
+    scalar = isinstance(index, (int, np.integer)) and not isinstance(index, bool)
+    if isinstance(index, np.ndarray):
+        index = index.tolist()
+    if not scalar and not isinstance(index, (list, tuple, range)):
+        raise TypeError(f"index must be an integer or a list of integers, got {index!r}")
+    indices = [index] if scalar else list(index)
     radices = _radices(config)
     out = np.zeros((len(indices), len(radices)), np.int32)
     for row, idx in enumerate(indices):
-        idx = int(idx)
+        idx = check_int("index", idx)  # exact Python ints: 2.7 is refused, not truncated
         if not 0 <= idx < config.P_max:
             raise ValueError(f"index = {idx} must lie in [0, P_max = {config.P_max})")
         for col in range(len(radices) - 1, -1, -1):
             idx, out[row, col] = divmod(idx, radices[col])
-    return out[0] if isinstance(index, (int, np.integer)) else out
+    return out[0] if scalar else out
+
+
+def _check_digits(config: RHMConfig, digits, name: str = "digits"):
+    """``(n, 1 + N)`` integer digits, each (when concrete) below its radix: the class below
+    ``n_classes``, every rule choice below ``m``. Returns int32 (a jax.Array)."""
+    width = 1 + config.num_internal_nodes
+    shape = tuple(getattr(digits, "shape", np.shape(digits)))
+    if len(shape) != 2 or shape[1] != width:
+        raise ValueError(f"{name} has shape {shape}, expected (n, 1 + N) = (n, {width}) "
+                         f"for {config}")
+    return check_int_values(name, digits, 0, np.asarray(_radices(config), np.int64))
 
 
 def digits_to_index(config: RHMConfig, digits) -> list[int]:
-    """``(n, 1 + N)`` digits → list of exact Python int indices (inverse of index_to_digits)."""
-    digits = np.asarray(digits).reshape(-1, 1 + config.num_internal_nodes)
+    """``(n, 1 + N)`` digits → list of exact Python int indices (inverse of index_to_digits).
+
+    Each digit must lie below its radix (``n_classes`` for the class, ``m`` for a rule
+    choice); a digit out of range is refused rather than carried into the next place.
+    """
+    if np.ndim(digits) == 1:
+        digits = np.asarray(digits)[None]
+    digits = np.asarray(_check_digits(config, np.asarray(digits)))
     radices = _radices(config)
     out = []
     for row in digits:
@@ -153,10 +193,19 @@ def digits_to_index(config: RHMConfig, digits) -> list[int]:
 
 
 @jax.jit
-def data_from_digits(grammar: Grammar, digits: jax.Array) -> Data:
-    """Datum (tokens, class, latents) for each row of index digits ``(n, 1 + N)``."""
+def _data_from_digits(grammar: Grammar, digits: jax.Array) -> Data:
     latents = _expand(grammar, digits[:, 0], digits[:, 1:])
     return Data(latents[-1], digits[:, 0], latents, digits)
+
+
+def data_from_digits(grammar: Grammar, digits) -> Data:
+    """Datum (tokens, class, latents) for each row of index digits ``(n, 1 + N)``.
+
+    Concrete digits must each lie below their radix (class ``< n_classes``, rule choice
+    ``< m``); out-of-range digits are refused, not clipped. Works under ``jax.jit``.
+    """
+    cfg = check_grammar(grammar).config
+    return _data_from_digits(grammar, _check_digits(cfg, digits))
 
 
 def data_from_index(grammar: Grammar, indices) -> Data:
@@ -173,14 +222,30 @@ def data_from_index(grammar: Grammar, indices) -> Data:
     return data_from_digits(grammar, jnp.asarray(index_to_digits(grammar.config, indices)))
 
 
-@jax.jit
-def digits_from_tokens(grammar: Grammar, tokens: jax.Array):
+def _check_sequences(config: RHMConfig, tokens, name: str = "tokens"):
+    """``(n, d)`` integer tokens, concrete values in ``[0, v)``; floats are refused."""
+    shape = tuple(getattr(tokens, "shape", np.shape(tokens)))
+    if len(shape) != 2 or shape[1] != config.d:
+        raise ValueError(f"{name} has shape {shape}, expected (n, d) = (n, {config.d})")
+    return check_int_values(name, tokens, 0, config.v)
+
+
+def digits_from_tokens(grammar: Grammar, tokens):
     """Parses sequences ``(n, d)`` back to their index digits.
+
+    ``tokens`` must be integers (concrete ones in ``[0, v)``; floats are refused, not
+    truncated). Works under ``jax.jit``.
 
     Returns:
       ``(digits, valid)``: ``(n, 1 + N)`` int32 digits and ``(n,)`` bool, False for
       sequences that no tree of the grammar generates (their digits are meaningless).
     """
+    cfg = check_grammar(grammar).config
+    return _digits_from_tokens(grammar, _check_sequences(cfg, tokens))
+
+
+@jax.jit
+def _digits_from_tokens(grammar: Grammar, tokens: jax.Array):
     cfg = grammar.config
     n = tokens.shape[0]
     symbols = tokens
@@ -202,7 +267,7 @@ def digits_from_tokens(grammar: Grammar, tokens: jax.Array):
 
 def index_from_data(grammar: Grammar, tokens) -> list[int]:
     """Exact Python int index of each sequence ``(n, d)``; raises if one is ungrammatical."""
-    digits, valid = digits_from_tokens(grammar, jnp.asarray(tokens, jnp.int32))
+    digits, valid = digits_from_tokens(grammar, tokens)
     valid = np.asarray(valid)
     if not valid.all():
         raise ValueError(f"tokens rows {np.flatnonzero(~valid).tolist()} are not generated by "
@@ -228,8 +293,10 @@ def sample_indices(key: jax.Array, config: RHMConfig, n: int) -> np.ndarray:
       >>> len(set(digits_to_index(cfg, d)))
       100
     """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-        raise ValueError(f"n = {n!r} must be a non-negative integer")
+    check_key("key", key)
+    if not isinstance(config, RHMConfig):
+        raise TypeError(f"config must be an RHMConfig, got {type(config).__name__}")
+    n = check_int("n", n, minimum=0)
     if n > config.P_max:
         raise ValueError(f"n = {n} exceeds P_max = {config.P_max}: cannot draw that many "
                          "distinct data")
@@ -259,13 +326,17 @@ def sample_disjoint_data(key: jax.Array, grammar: Grammar, sizes) -> list[Data]:
     Args:
       key: a PRNG key.
       grammar: the rules.
-      sizes: number of data in each set, e.g. ``(n_train, n_test)``.
+      sizes: number of data in each set, e.g. ``(n_train, n_test)``: integers >= 0.
 
     Returns:
       A list of :class:`Data` (with latents and digits), one per size.
     """
-    sizes = [int(x) for x in sizes]
-    digits = sample_indices(key, grammar.config, sum(sizes))
+    cfg = check_grammar(grammar).config
+    if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__iter__"):
+        raise TypeError(f"sizes must be a sequence of integers, got {sizes!r}")
+    sizes = [check_int(f"sizes[{i}]", x, minimum=0) for i, x in enumerate(sizes)]
+    check_fits(f"sample_disjoint_data(sizes={sizes})", sample_data_bytes(cfg, sum(sizes)))
+    digits = sample_indices(key, cfg, sum(sizes))
     out, start = [], 0
     for size in sizes:
         out.append(data_from_digits(grammar, jnp.asarray(digits[start:start + size])))

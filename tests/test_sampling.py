@@ -232,9 +232,14 @@ def test_inner_sampler_compiles_once_for_new_keys(small_grammar, small_data):
         chex.clear_trace_counter()
 
 
-@pytest.mark.parametrize("n", [0, -1, 2.0, True, "5", None], ids=repr)
-def test_bad_n_raises(small_grammar, n):
-    with pytest.raises(ValueError, match="must be a positive integer"):
+@pytest.mark.parametrize("n,error,match", [
+    (0, ValueError, "n = 0 must be >= 1"), (-1, ValueError, "n = -1 must be >= 1"),
+    (2.0, TypeError, "n must be an integer, got float 2.0"),
+    (True, TypeError, "n must be an integer, got bool True"),
+    ("5", TypeError, "n must be an integer, got str '5'"),
+    (None, TypeError, "n must be an integer, got None")], ids=repr)
+def test_bad_n_raises(small_grammar, n, error, match):
+    with pytest.raises(error, match=match):
         sample_data(jax.random.key(0), small_grammar, n)
 
 
@@ -395,8 +400,10 @@ def test_rejection_regime_on_a_tiny_config(monkeypatch):
 def test_sample_indices_bad_n(cfg):
     with pytest.raises(ValueError, match=r"exceeds P_max"):
         sample_indices(jax.random.key(0), cfg, cfg.P_max + 1)
-    for bad in (-1, 2.0, True, None):
-        with pytest.raises(ValueError, match=r"must be a non-negative integer"):
+    with pytest.raises(ValueError, match=r"n = -1 must be >= 0"):
+        sample_indices(jax.random.key(0), cfg, -1)
+    for bad in (2.0, True, None):
+        with pytest.raises(TypeError, match=r"n must be an integer, got"):
             sample_indices(jax.random.key(0), cfg, bad)
     empty = sample_indices(jax.random.key(0), cfg, 0)
     assert empty.shape == (0, 1 + cfg.num_internal_nodes)
