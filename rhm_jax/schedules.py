@@ -44,8 +44,21 @@ def _default_float_dtype():
     return jnp.result_type(float)
 
 
-def _check_unit_interval(name: str, value) -> None:
-    """Raise if ``value`` is not real, or (when concrete) has entries outside ``[0, 1]``."""
+def _check_unit_interval(name: str, value):
+    """Raise if ``value`` is not real, or (when concrete) has entries outside ``[0, 1]``.
+
+    Returns ``value``, with a list or tuple (one time per sequence) made a NumPy array.
+    """
+    if isinstance(value, (list, tuple)):
+        try:
+            value = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise TypeError(f"{name} must be a real number or array, got "
+                            f"{type(value).__name__} {value!r}"[:200]) from None
+    if value is None or isinstance(value, (str, bytes)) or not hasattr(value, "dtype") and (
+            isinstance(value, bool) or not isinstance(value, numbers.Real)):
+        raise TypeError(f"{name} must be a real number or array, got "
+                        f"{'None' if value is None else f'{type(value).__name__} {value!r}'}")
     dtype = jnp.result_type(value)
     if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
         raise TypeError(f"{name} must be a real number or array, got dtype {dtype}")
@@ -55,12 +68,12 @@ def _check_unit_interval(name: str, value) -> None:
         if bad.any():
             offending = array[bad].ravel()[0] if array.ndim else array
             raise ValueError(f"{name} = {offending} must lie in [0, 1]")
+    return value
 
 
 def _as_time(name: str, value) -> Array:
     """Validate a time (or ε) and return it as a default-float jnp array."""
-    _check_unit_interval(name, value)
-    return jnp.asarray(value, dtype=_default_float_dtype())
+    return jnp.asarray(_check_unit_interval(name, value), dtype=_default_float_dtype())
 
 
 def _check_positive_finite(name: str, value, *, allow_zero: bool = False) -> None:
@@ -216,16 +229,23 @@ class LinearBeta:
 
 
 # ---- cosine (Nichol & Dhariwal) -----------------------------------------------------------
+#: Largest accepted :class:`Cosine` offset.
+MAX_COSINE_OFFSET = 1e6
+
+
 @dataclasses.dataclass(frozen=True)
 class Cosine:
     """Cosine schedule ``ᾱ(t) = cos²((t+o)/(1+o)·π/2) / cos²(o/(1+o)·π/2)`` (DESIGN.md §2).
 
-    Evaluated as ``sin²((1-t)/(1+o)·π/2) / sin²(1/(1+o)·π/2)`` (the same function), so
-    ``ᾱ(1) = 0`` exactly rather than a rounding residue of ``cos(π/2)``; the result is
+    Evaluated as ``(sin((1-t)/(1+o)·π/2) / sin(1/(1+o)·π/2))²`` (the same function), so
+    ``ᾱ(1) = 0`` exactly rather than a rounding residue of ``cos(π/2)``, and the ratio is
+    taken before squaring so a large offset cannot underflow to ``0/0``; the result is
     clipped to ``[0, 1]``. Processes that divide by ``ᾱ`` or ``1-ᾱ`` handle both ends.
 
     Args:
-      offset: the small offset ``o >= 0`` that keeps ``β`` from vanishing near ``t = 0``.
+      offset: the small offset ``o`` that keeps ``β`` from vanishing near ``t = 0``, in
+        ``[0, MAX_COSINE_OFFSET]`` (as ``o`` grows the schedule tends to ``(1-t)²``, which
+        it equals to float64 precision well before ``o = 1e6``).
 
     Examples:
       >>> sched = Cosine()
@@ -242,6 +262,9 @@ class Cosine:
 
     def __post_init__(self):
         _check_positive_finite("offset", self.offset, allow_zero=True)
+        if self.offset > MAX_COSINE_OFFSET:
+            raise ValueError(f"offset = {self.offset} must be <= {MAX_COSINE_OFFSET:g} (beyond, "
+                             "the schedule is (1-t)**2 to float precision)")
         object.__setattr__(self, "offset", float(self.offset))
 
     def alpha_bar(self, t: ArrayLike) -> Float[Array, "..."]:
@@ -249,8 +272,10 @@ class Cosine:
         t = _as_time("t", t)
         scale = 0.5 * math.pi / (1.0 + self.offset)
         scale = jnp.asarray(scale, dtype=t.dtype)
-        normaliser = jnp.sin(scale) ** 2  # = cos²(o/(1+o)·π/2); same rounding as t = 0
-        return jnp.clip(jnp.sin((1.0 - t) * scale) ** 2 / normaliser, 0.0, 1.0)
+        normaliser = jnp.sin(scale)  # = cos(o/(1+o)·π/2)
+        ratio = jnp.sin((1.0 - t) * scale) / normaliser
+        # ᾱ(0) = 1 exactly: XLA may fold the constant normaliser with another sin rounding.
+        return jnp.where(t == 0, 1.0, jnp.clip(ratio**2, 0.0, 1.0)).astype(t.dtype)
 
 
 # ---- linear in ᾱ (MD4 / MDLM masking) --------------------------------------------------
