@@ -5,6 +5,7 @@ from rhm_jax.config import RHMConfig
 from rhm_jax.noise import EpsilonProcess, Gaussian, Masking, UniformSubstitution
 from rhm_jax.schedules import Cosine, LinearAlphaBar, LinearBeta
 from rhm_jax.grammar import Grammar, grammar_from_rules, sample_grammar
+from rhm_jax.parsing import Parse, parse
 from rhm_jax.sampling import (
     Data,
     data_from_digits,
@@ -31,6 +32,8 @@ __all__ = [
     "grammar_from_rules",
     "index_from_data",
     "index_to_digits",
+    "Parse",
+    "parse",
     "sample_data",
     "sample_disjoint_data",
     "sample_grammar",
