@@ -13,12 +13,15 @@ process                      observation                ``leaf_log_likelihood``
 :class:`Gaussian`            float (n, d, v)            ``sqrt(ᾱ)/(1-ᾱ) · x_t,i[a]``
 ===========================  =========================  ==================================
 
-Common interface (``t ∈ [0, 1]`` is a scalar or one time per sequence, shape ``(n,)``;
-a noise sweep is one ``jax.vmap`` over ``t``):
+Common interface (``t ∈ [0, 1]`` is a scalar or one time per sequence, shape ``(n,)``, an
+array or a list; a noise sweep is one ``jax.vmap`` over ``t``; ``key`` is a typed
+``jax.random.key`` or a legacy ``jax.random.PRNGKey``):
 
 * ``corrupt(key, tokens, t)`` draws the observation from the forward kernel.
 * ``leaf_log_likelihood(observation, t)`` returns float (n, d, v) — float32, or float64
-  under ``JAX_ENABLE_X64`` — finite everywhere: impossible values get :data:`LOG_FLOOR`.
+  under ``JAX_ENABLE_X64`` — finite everywhere: impossible values get :data:`LOG_FLOOR`
+  (the Gaussian's, whose constant per token makes its largest entry 0, is ``-inf`` only
+  where a gap between two entries of one token overflows the float).
 
 Step-by-step reverse samplers use ``reverse_kernel`` / ``posterior_kernel`` (masking,
 uniform) or ``posterior_mean_variance`` / ``score`` (Gaussian), and ``sample_reverse``.
@@ -41,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
+from rhm_jax._checks import check_key
 from rhm_jax.config import RHMConfig
 from rhm_jax.schedules import (
     Cosine,
@@ -142,8 +146,8 @@ def _check_probs(name: str, probs, expected_shape: tuple[int, ...]) -> Array:
 
 
 def _check_time(name: str, t, batch_shape: tuple[int, ...]) -> Array:
-    """A time in [0, 1]: a scalar or one per sequence (shape ``batch_shape``)."""
-    _check_unit_interval(name, t)
+    """A time in [0, 1]: a scalar or one per sequence (shape ``batch_shape``; a list works)."""
+    t = _check_unit_interval(name, t)
     shape = jnp.shape(t)
     if shape not in ((), batch_shape):
         raise ValueError(
@@ -222,8 +226,8 @@ class EpsilonProcess:
         _check_process_fields(self, schedule=False)
 
     def corrupt(self, key: PRNGKeyArray, tokens: ArrayLike, t: ArrayLike) -> Int[Array, "*batch d"]:
-        """Return ``tokens`` unchanged (after validation); ``key`` is unused."""
-        del key
+        """Return ``tokens`` unchanged (after validation); ``key`` is unused but checked."""
+        check_key("key", key)
         tokens = _check_tokens("tokens", tokens, self.config, self.config.v)
         _check_time("t", t, tokens.shape[:-1])
         return tokens
@@ -293,6 +297,7 @@ class Masking:
 
     def corrupt(self, key: PRNGKeyArray, tokens: ArrayLike, t: ArrayLike) -> Int[Array, "*batch d"]:
         """Mask each token with probability ``1 - α_t`` (or an exact fraction)."""
+        check_key("key", key)
         tokens = _check_tokens("tokens", tokens, self.config, self.config.v)
         return self._corrupt(key, tokens, _check_time("t", t, tokens.shape[:-1]))
 
@@ -370,6 +375,7 @@ class Masking:
         self, key: PRNGKeyArray, x_t: ArrayLike, s: ArrayLike, t: ArrayLike, x0_probs: ArrayLike
     ) -> Int[Array, "*batch d"]:
         """Draw ``x_s`` from :meth:`reverse_kernel` (int32 in ``[0, v]``)."""
+        check_key("key", key)
         return self._sample_reverse(key, *self._check_reverse_inputs(x_t, s, t, x0_probs))
 
     @_jit_method
@@ -416,6 +422,7 @@ class UniformSubstitution:
 
     def corrupt(self, key: PRNGKeyArray, tokens: ArrayLike, t: ArrayLike) -> Int[Array, "*batch d"]:
         """Keep each token with probability ``ᾱ_t``, otherwise draw it uniformly."""
+        check_key("key", key)
         tokens = _check_tokens("tokens", tokens, self.config, self.config.v)
         return self._corrupt(key, tokens, _check_time("t", t, tokens.shape[:-1]))
 
@@ -479,6 +486,7 @@ class UniformSubstitution:
         self, key: PRNGKeyArray, x_t: ArrayLike, s: ArrayLike, t: ArrayLike, x0_probs: ArrayLike
     ) -> Int[Array, "*batch d"]:
         """Draw ``x_s`` from :meth:`reverse_kernel` (int32 in ``[0, v)``)."""
+        check_key("key", key)
         return self._sample_reverse(key, *self._check_reverse_inputs(x_t, s, t, x0_probs))
 
     @_jit_method
@@ -494,7 +502,8 @@ class Gaussian:
     ``x_t = sqrt(ᾱ_t)·onehot(x0) + sqrt(1-ᾱ_t)·η`` with ``η ~ N(0, I_v)`` per token; the
     observation is float (n, d, v). Leaf log-likelihood: the part of
     ``log N(x_t,i; sqrt(ᾱ_t) e_a, (1-ᾱ_t) I)`` that depends on ``a``,
-    ``sqrt(ᾱ_t)/(1-ᾱ_t) · x_t,i[a]``. ``1 - ᾱ_t`` is clamped from below by
+    ``sqrt(ᾱ_t)/(1-ᾱ_t) · x_t,i[a]``, shifted per token so that its largest entry is 0.
+    ``1 - ᾱ_t`` is clamped from below by
     :data:`MIN_NOISE_VARIANCE` in the likelihood and :meth:`score`, so ``ᾱ = 1`` gives
     finite, effectively one-hot evidence; :meth:`posterior_mean_variance` treats
     ``ᾱ_t = 1`` exactly (a point mass at ``x_t``).
@@ -536,6 +545,7 @@ class Gaussian:
 
     def corrupt(self, key: PRNGKeyArray, tokens: ArrayLike, t: ArrayLike) -> Float[Array, "*batch d v"]:
         """``sqrt(ᾱ_t)·onehot(x0) + sqrt(1-ᾱ_t)·η``."""
+        check_key("key", key)
         tokens = _check_tokens("tokens", tokens, self.config, self.config.v)
         return self._corrupt(key, tokens, _check_time("t", t, tokens.shape[:-1]))
 
@@ -547,14 +557,24 @@ class Gaussian:
         return jnp.sqrt(alpha_bar) * onehot + jnp.sqrt(1.0 - alpha_bar) * noise
 
     def leaf_log_likelihood(self, observation: ArrayLike, t: ArrayLike) -> Float[Array, "*batch d v"]:
-        """``sqrt(ᾱ_t)/(1-ᾱ_t) · x_t,i[a]`` (exact up to a constant in ``a``)."""
+        """``sqrt(ᾱ_t)/(1-ᾱ_t) · (x_t,i[a] - max_b x_t,i[b])`` (exact up to a constant in ``a``).
+
+        The per-token constant is chosen so that each token's largest entry is 0: every
+        entry is ``<= 0`` (``-inf`` where the gap overflows the float), so huge finite
+        observations never give ``+inf`` or NaN, and BP's ``log_evidence`` is ``<= 0``.
+        """
         x_t = self._check_observation("observation", observation)
         return self._leaf_log_likelihood(x_t, _check_time("t", t, x_t.shape[:-2]))
 
     @_jit_method
     def _leaf_log_likelihood(self, x_t: Array, t: Array) -> Array:
         alpha_bar, variance = self._alpha_bar_and_variance(t)
-        return jnp.sqrt(alpha_bar) / variance * x_t
+        # The per-token constant is free: take it so each token's largest entry is 0. Then
+        # no finite observation overflows to +inf (x_t = 1e26 did), and log_evidence <= 0.
+        # The floor keeps a gap too large for the float as -inf after scaling, never NaN.
+        gap = x_t - jnp.max(x_t, axis=-1, keepdims=True)
+        gap = jnp.maximum(gap, jnp.finfo(gap.dtype).min)
+        return jnp.sqrt(alpha_bar) / variance * gap
 
     def score(self, x_t: ArrayLike, t: ArrayLike, x0_mean: ArrayLike) -> Float[Array, "*batch d v"]:
         """``∇ log p_t(x_t) = (sqrt(ᾱ_t)·E[x0 | x_t] - x_t)/(1-ᾱ_t)`` (DESIGN.md §3)."""
@@ -603,6 +623,7 @@ class Gaussian:
         x_t = self._check_observation("x_t", x_t)
         s, t = _check_time_pair(s, t, x_t.shape[:-2])
         x0_probs = _check_probs("x0_probs", x0_probs, x_t.shape)
+        check_key("key", key)
         return self._sample_reverse(key, x_t, s, t, x0_probs)
 
     @_jit_method
