@@ -1,0 +1,180 @@
+"""Reverse diffusion with a trained network, called like the exact samplers of ``rhm_jax.exact``.
+
+:func:`reverse_sample` runs the step-by-step reverse chain from a noisy ``x_t`` at time
+``t`` back to 0, exactly as :func:`rhm_jax.exact.reverse_sample` with ``joint=False`` does
+with BP's marginals, but with the network's estimate of ``p(x0 | x_t)`` in their place
+(each objective says how its outputs become that estimate; D3PM's x0-parameterisation
+multiplies its ``p̃`` by the leaf likelihood first). :func:`generate` starts from pure noise
+at ``t = 1``. :func:`experiment_denoiser` turns a network into the ``denoise(params, key,
+x_t, t)`` function that :func:`rhm_jax.experiments.forward_backward` takes, so the phase
+transition experiment runs on the network through the same code as on BP.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from rhm_jax.noise import Gaussian, Masking, UniformSubstitution
+
+__all__ = ["Denoiser", "reverse_sample", "generate", "experiment_denoiser", "predict_x0"]
+
+
+class Denoiser(NamedTuple):
+    """A trained network and the objective it was trained with (which fixes its process)."""
+
+    model: nnx.Module
+    objective: object
+
+    @property
+    def process(self):
+        return self.objective.process
+
+    @classmethod
+    def from_run(cls, run, ema: bool = False) -> "Denoiser":
+        """From a :class:`~rhm_jax.denoise.train.Run` (its EMA parameters if ``ema``)."""
+        model = run.ema_model if ema and run.ema_model is not None else run.model
+        return cls(model, run.objective)
+
+
+def _x0_draw(key, probs):
+    """Per-token draw from (possibly unnormalised, for ε-prediction) posterior means."""
+    probs = jnp.clip(probs, 0.0, None)
+    probs = probs / jnp.maximum(jnp.sum(probs, -1, keepdims=True), 1e-30)
+    return jax.random.categorical(key, jnp.log(jnp.maximum(probs, 1e-38))).astype(jnp.int32)
+
+
+@partial(jax.jit, static_argnames=("graphdef", "objective", "num_steps"))
+def _reverse_sample(key, graphdef, params, objective, x_t, t, num_steps):
+    model = nnx.merge(graphdef, params)
+    process = objective.process
+    fractions = (num_steps - jnp.arange(num_steps + 1, dtype=t.dtype)) / num_steps
+
+    def body(x, inputs):
+        step_key, t_frac, s_frac = inputs
+        t_now, s_next = t_frac * t, s_frac * t
+        probs = objective.x0_probs(model(x, t_now), x, t_now)
+        draw_key, reverse_key = jax.random.split(step_key)
+        if isinstance(process, Gaussian):
+            mean, variance = process._posterior_mean_variance(x, s_next, t_now, probs)
+            x_s = mean + jnp.sqrt(variance) * jax.random.normal(reverse_key, mean.shape, mean.dtype)
+        else:
+            x_s = process._sample_reverse(reverse_key, x, s_next, t_now, probs)
+        return x_s, _x0_draw(draw_key, probs)
+
+    inputs = (jax.random.split(key, num_steps), fractions[:-1], fractions[1:])
+    x_0, x0_draws = jax.lax.scan(body, x_t, inputs)
+    if isinstance(process, Gaussian):
+        return x0_draws[-1]  # s = 0: the DDPM posterior is a point mass at E[x0], not tokens
+    # a mask left at s = 0 only follows a mask observed at α_t = 1 (probability 0)
+    return jnp.where(x_0 < process.config.v, x_0, x0_draws[-1]).astype(jnp.int32)
+
+
+def _check(denoiser, process, x_t, t):
+    from rhm_jax.exact import _check_observation
+
+    if not isinstance(denoiser, Denoiser):
+        raise TypeError(f"denoiser must be a rhm_jax.denoise.Denoiser, got "
+                        f"{type(denoiser).__name__}")
+    if process is not None and process != denoiser.process:
+        raise ValueError(f"process = {process} differs from the process the network was "
+                         f"trained on, {denoiser.process}")
+    x_t, t, unbatched = _check_observation(denoiser.process, "x_t", x_t, t)
+    return x_t, jnp.broadcast_to(t, x_t.shape[:1]), unbatched
+
+
+def reverse_sample(key, denoiser: Denoiser, process, x_t, t, num_steps: int):
+    """Reverse diffusion from time ``t`` to 0 with the network, on ``t_k = t·(K-k)/K``.
+
+    The same calling convention as :func:`rhm_jax.exact.reverse_sample` (a trained network
+    in the grammar's place); the step is the factorised one (``joint=False``) since a
+    network gives per-token posteriors. For D3PM on a discrete schedule, start at a step
+    ``t = k/T`` and take ``num_steps = k`` to step along the schedule's own grid.
+
+    Args:
+      key: a PRNG key.
+      denoiser: a :class:`Denoiser`.
+      process: the noise process (must be the one the network was trained on).
+      x_t: ``(n, d)`` int (``(n, d, v)`` float for the Gaussian), or one unbatched datum.
+      t: a scalar or ``(n,)`` start time in ``(0, 1]``.
+      num_steps: number of reverse steps (static).
+
+    Returns:
+      ``(n, d)`` int32 tokens ``x̂0``.
+    """
+    from rhm_jax._checks import check_int, check_key
+
+    key = check_key("key", key)
+    num_steps = check_int("num_steps", num_steps, 1)
+    x_t, t, unbatched = _check(denoiser, process, x_t, t)
+    graphdef, params = nnx.split(denoiser.model)
+    out = _reverse_sample(key, graphdef, params, denoiser.objective, x_t, t, num_steps)
+    return out[0] if unbatched else out
+
+
+def prior_sample(key, process, n: int):
+    """``x_1`` drawn from the forward process's end point (all masks, uniform tokens, N(0, I))."""
+    cfg = process.config
+    if isinstance(process, Masking):
+        return jnp.full((n, cfg.d), process.mask_token, jnp.int32)
+    if isinstance(process, UniformSubstitution):
+        return jax.random.randint(key, (n, cfg.d), 0, cfg.v, dtype=jnp.int32)
+    return jax.random.normal(key, (n, cfg.d, cfg.v), dtype=jnp.result_type(float))
+
+
+def generate(key, denoiser: Denoiser, n: int, num_steps: int):
+    """``n`` new sequences: reverse diffusion from pure noise at ``t = 1``."""
+    from rhm_jax._checks import check_int, check_key
+
+    key = check_key("key", key)
+    n = check_int("n", n, 1)
+    prior_key, chain_key = jax.random.split(key)
+    x_1 = prior_sample(prior_key, denoiser.process, n)
+    return reverse_sample(chain_key, denoiser, None, x_1, 1.0, num_steps)
+
+
+def predict_x0(denoiser: Denoiser, x_t, t):
+    """The network's estimate of the quantity its loss targets (compare with
+    ``objective.bp_target``): ``(n, d, v)``."""
+    x_t, t, unbatched = _check(denoiser, None, x_t, t)
+    graphdef, params = nnx.split(denoiser.model)
+    out = _predict(graphdef, params, denoiser.objective, x_t, t)
+    return out[0] if unbatched else out
+
+
+@partial(jax.jit, static_argnames=("graphdef", "objective"))
+def _predict(graphdef, params, objective, x_t, t):
+    return objective.target_probs(nnx.merge(graphdef, params)(x_t, t), x_t, t)
+
+
+def experiment_denoiser(denoiser: Denoiser, num_steps: int):
+    """``(denoise, params)`` for ``experiments.forward_backward(..., denoiser=denoise,
+    denoiser_params=params)``: ``denoise(params, key, x_t, t)`` runs :func:`reverse_sample`'s
+    chain (traceable, ``t`` of shape ``(c,)``)."""
+    graphdef, params = nnx.split(denoiser.model)
+    objective = denoiser.objective
+
+    def denoise(params, key, x_t, t):
+        return _reverse_sample(key, graphdef, params, objective, x_t, t, num_steps)
+
+    return _HashableDenoise(denoise, (graphdef, objective, num_steps)), params
+
+
+class _HashableDenoise:
+    """A function that hashes by what it computes, so jit caches it across calls."""
+
+    def __init__(self, fn, identity):
+        self.fn, self.identity = fn, identity
+
+    def __call__(self, *args):
+        return self.fn(*args)
+
+    def __hash__(self):
+        return hash(self.identity)
+
+    def __eq__(self, other):
+        return isinstance(other, _HashableDenoise) and self.identity == other.identity
