@@ -29,7 +29,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rhm_jax.grammar import Grammar
+from rhm_jax.grammar import Grammar, check_grammar
 
 #: Symbol and rule choice given to invalid nodes.
 INVALID: int = -1
@@ -158,14 +158,7 @@ def parse(grammar: Grammar, tokens, *, method: str = "auto") -> Parse:
       >>> [v[0].astype(int).tolist() for v in parse(g, broken).valid]
       [[0], [1, 0], [1, 1, 0, 1], [1, 1, 1, 1, 1, 0, 1, 1]]
     """
-    if not isinstance(grammar, Grammar):
-        raise TypeError(f"grammar must be a Grammar, got {type(grammar).__name__}")
-    cfg = grammar.config
-    for level, rules in enumerate(grammar.rules):
-        want = (cfg.num_symbols(level), cfg.m, cfg.s)
-        if tuple(rules.shape) != want:
-            raise ValueError(f"grammar.rules[{level}] has shape {tuple(rules.shape)}, expected "
-                             f"(n_l, m, s) = {want}; parse a stack of grammars with jax.vmap")
+    cfg = check_grammar(grammar).config  # one grammar: map a stack with jax.vmap
     resolve_method(cfg, method)
     dtype = jnp.result_type(tokens)
     if dtype == jnp.bool_ or not jnp.issubdtype(dtype, jnp.integer):

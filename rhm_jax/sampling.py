@@ -21,6 +21,7 @@ import numpy as np
 from rhm_jax._checks import check_bool, check_fits, check_int, check_int_values, check_key
 from rhm_jax.config import RHMConfig
 from rhm_jax.grammar import Grammar, check_grammar
+from rhm_jax.parsing import _parse
 
 
 class Data(NamedTuple):
@@ -246,23 +247,8 @@ def digits_from_tokens(grammar: Grammar, tokens):
 
 @jax.jit
 def _digits_from_tokens(grammar: Grammar, tokens: jax.Array):
-    cfg = grammar.config
-    n = tokens.shape[0]
-    symbols = tokens
-    valid = jnp.ones((n,), bool)
-    psis = []
-    for level in range(cfg.L - 1, -1, -1):
-        rules = grammar.rules[level]  # (n_l, m, s)
-        groups = symbols.reshape(n, -1, 1, 1, cfg.s)
-        match = jnp.all(groups == rules[None, None], axis=-1)  # (n, nodes, n_l, m)
-        flat = match.reshape(n, groups.shape[1], -1)
-        found = jnp.any(flat, axis=-1)
-        where = jnp.argmax(flat, axis=-1)
-        valid &= jnp.all(found, axis=-1)
-        symbols = (where // cfg.m).astype(jnp.int32)
-        psis.insert(0, (where % cfg.m).astype(jnp.int32))
-    digits = jnp.concatenate([symbols] + psis, axis=1)
-    return digits, valid
+    tree = _parse(grammar, tokens)  # the class, then each internal node's rule choice
+    return jnp.concatenate([tree.latents[0], *tree.choices], axis=1), tree.valid[0][:, 0]
 
 
 def index_from_data(grammar: Grammar, tokens) -> list[int]:

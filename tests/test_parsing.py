@@ -224,5 +224,5 @@ def test_resolve_method_and_bad_inputs():
     with pytest.raises(TypeError, match="grammar must be a Grammar"):
         parse(grammar.rules, jnp.zeros((2, 8), jnp.int32))
     stack = Grammar(tuple(jnp.stack([r, r]) for r in grammar.rules), config)
-    with pytest.raises(ValueError, match="with jax.vmap"):
+    with pytest.raises(ValueError, match=r"has shape \(2, 8, 2, 2\), expected \(n_l, m, s\)"):
         parse(stack, jnp.zeros((2, 8), jnp.int32))
