@@ -172,18 +172,19 @@ def format_bytes(num_bytes: float) -> str:
     return f"{num_bytes:.1f} EB"  # pragma: no cover
 
 
-def memory_limit(device=None) -> tuple[int | None, str]:
+def memory_limit(device=None, *, host: bool = False) -> tuple[int | None, str]:
     """``(bytes, where)``: the memory an allocation on ``device`` may use.
 
-    An accelerator's own limit (``memory_stats()['bytes_limit']``); on CPU, the host's
-    physical memory. ``(None, ...)`` when neither is known.
+    An accelerator's own limit (``memory_stats()['bytes_limit']``); on CPU, or with
+    ``host=True``, the host's physical memory. ``(None, ...)`` when neither is known.
     """
-    device = device if device is not None else jax.devices()[0]
     stats = None
-    try:
-        stats = device.memory_stats()
-    except Exception:  # noqa: BLE001 - some backends do not implement it
-        stats = None
+    if not host:
+        device = device if device is not None else jax.devices()[0]
+        try:
+            stats = device.memory_stats()
+        except Exception:  # noqa: BLE001 - some backends do not implement it
+            stats = None
     if stats and stats.get("bytes_limit"):
         return int(stats["bytes_limit"]), f"the {format_bytes(stats['bytes_limit'])} of {device}"
     try:
@@ -193,14 +194,16 @@ def memory_limit(device=None) -> tuple[int | None, str]:
     return int(total), f"the {format_bytes(total)} of host memory"
 
 
-def check_fits(what: str, num_bytes: int, device=None) -> int:
-    """Refuse an allocation of ``num_bytes`` that cannot fit in ``device``'s memory.
+def check_fits(what: str, num_bytes: int, device=None, *, host: bool = False,
+               advice: str = "reduce the size") -> int:
+    """Refuse an allocation of ``num_bytes`` that cannot fit in ``device``'s memory (the
+    host's with ``host=True``).
 
     ``what`` says what is being allocated (``"sample_data(n=1) at d = 2**40 tokens"``);
     the error states its size and the memory there is. Returns ``num_bytes``.
     """
-    limit, where = memory_limit(device)
+    limit, where = memory_limit(device, host=host)
     if limit is not None and num_bytes > limit:
         raise ValueError(f"{what} would allocate about {format_bytes(num_bytes)}, more than "
-                         f"{where}: reduce the size")
+                         f"{where}: {advice}")
     return num_bytes

@@ -1,20 +1,90 @@
-"""Command line: ``rhm-jax <command>`` (also ``python -m rhm_jax``)."""
+"""Command line: ``rhm-jax <command>`` (also ``python -m rhm_jax``).
+
+Every bad flag is refused before any computation with one line naming the flag, its value
+and the rule (``rhm-jax phase: error: --times = 0 must be ...``), exit code 2, no
+traceback. Flag types for the commands live here (:func:`integer_flag`, ...); output
+folders are :class:`rhm_jax.io.RunFolder` s, checked before any work and replaced whole
+when a run completes.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
+
+#: Seeds are 32-bit: with JAX's default 32-bit integers, larger ones alias smaller ones.
+MAX_SEED = 2**32 - 1
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage block) in the ``--flag = value`` style."""
+
+    def error(self, message):
+        # "argument --L: --L = ',,,' must be ..." -> "--L = ',,,' must be ..."
+        message = re.sub(r"^argument [^:]+: (?=--)", "", message)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def integer_flag(flag: str, minimum: int | None = None, maximum: int | None = None):
+    """An argparse ``type`` for an integer flag in ``[minimum, maximum]``."""
+    def parse(text: str) -> int:
+        rule = ("an integer" + (f" >= {minimum}" if minimum is not None and maximum is None else "")
+                + (f" in [{minimum}, {maximum}]" if None not in (minimum, maximum) else ""))
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} = {text!r} must be {rule}") from None
+        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"{flag} = {value} must be {rule}")
+        return value
+
+    parse.__name__ = flag
+    return parse
+
+
+def integer_list_flag(flag: str, minimum: int = 1, example: str = "3,5,7"):
+    """An argparse ``type`` for comma-separated distinct integers ``>= minimum``, sorted."""
+    def parse(text: str) -> list[int]:
+        parts = [part.strip() for part in text.split(",")]
+        rule = f"a comma-separated list of distinct integers >= {minimum}, e.g. {example}"
+        try:
+            values = [int(part) for part in parts]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} = {text!r} must be {rule}") from None
+        if any(v < minimum for v in values) or len(set(values)) != len(values):
+            raise argparse.ArgumentTypeError(f"{flag} = {text!r} must be {rule}")
+        return sorted(values)
+
+    parse.__name__ = flag
+    return parse
 
 
 def _add_config_args(parser, *, L_default: int | str = 3, v=32, m=8, s=2):
-    parser.add_argument("--v", type=int, default=v, help="vocabulary size (default %(default)s)")
-    parser.add_argument("--m", type=int, default=m, help="rules per symbol (default %(default)s)")
-    parser.add_argument("--s", type=int, default=s, help="branching factor (default %(default)s)")
-    parser.add_argument("--n-classes", type=int, default=None, help="number of classes (default v)")
-    parser.add_argument("--seed", type=int, default=0, help="PRNG seed (default %(default)s)")
-    parser.add_argument("--devices", type=int, default=None,
+    parser.add_argument("--v", type=integer_flag("--v", 2), default=v,
+                        help="vocabulary size (default %(default)s)")
+    parser.add_argument("--m", type=integer_flag("--m", 1), default=m,
+                        help="rules per symbol (default %(default)s)")
+    parser.add_argument("--s", type=integer_flag("--s", 2), default=s,
+                        help="branching factor (default %(default)s)")
+    parser.add_argument("--n-classes", type=integer_flag("--n-classes", 1), default=None,
+                        help="number of classes (default v)")
+    parser.add_argument("--seed", type=integer_flag("--seed", 0, MAX_SEED), default=0,
+                        help="PRNG seed in [0, 2**32 - 1] (default %(default)s)")
+    parser.add_argument("--devices", type=integer_flag("--devices", 1), default=None,
                         help="emulate N CPU devices (sets XLA_FLAGS before JAX starts)")
+
+
+def make_config(args, L: int):
+    """The :class:`~rhm_jax.config.RHMConfig` of the flags, its error naming them."""
+    from rhm_jax import RHMConfig
+
+    try:
+        return RHMConfig(v=args.v, m=args.m, s=args.s, L=L, n_classes=args.n_classes)
+    except ValueError as err:
+        classes = "" if args.n_classes is None else f" --n-classes {args.n_classes}"
+        raise ValueError(f"--v {args.v} --m {args.m} --s {args.s} --L {L}{classes}: {err}") from None
 
 
 def _set_devices(n):
@@ -30,33 +100,58 @@ def _set_devices(n):
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
 
 
+def _sample_host_bytes(cfg, n: int) -> int:
+    """Host memory of ``sample``'s files: NumPy copies of everything :func:`sample_data`
+    returns, and per token one list slot (8 bytes) and about 3 characters of JSON."""
+    from rhm_jax.sampling import sample_data_bytes
+
+    return sample_data_bytes(cfg, n) + 11 * n * cfg.d
+
+
 def _cmd_sample(args) -> int:
+    from rhm_jax._checks import check_fits, format_bytes
+    from rhm_jax.io import RunFolder, environment
+    from rhm_jax.sampling import sample_data_bytes
+
+    from rhm_jax.io import check_output_folder
+
+    cfg = make_config(args, args.L)  # everything is checked before any work
+    check_output_folder(args.out)
+    device_bytes, host_bytes = sample_data_bytes(cfg, args.n), _sample_host_bytes(cfg, args.n)
     import jax
     import numpy as np
 
-    from rhm_jax import RHMConfig, sample_data, sample_grammar
-    from rhm_jax.io import atomic_write, environment, write_json
+    on_cpu = jax.default_backend() == "cpu"  # device and host share one memory
+    what = f"sample --n {args.n} --L {args.L} (d = {cfg.s}**{cfg.L} tokens per datum)"
+    advice = "lower --n or --L"
+    check_fits(what, device_bytes + host_bytes if on_cpu else host_bytes, host=True,
+               advice=advice)
+    if not on_cpu:
+        check_fits(what, device_bytes, advice=advice)
+    if device_bytes + host_bytes > 10**9:
+        print(f"rhm-jax sample: about {format_bytes(device_bytes + host_bytes)} of memory for "
+              f"{args.n} data of d = {cfg.d} tokens", file=sys.stderr)
+    with RunFolder(args.out, command="sample") as folder:
+        from rhm_jax import sample_data, sample_grammar
+        from rhm_jax.io import atomic_write
 
-    cfg = RHMConfig(v=args.v, m=args.m, s=args.s, L=args.L, n_classes=args.n_classes)
-    grammar_key, data_key = jax.random.split(jax.random.key(args.seed))
-    grammar = sample_grammar(grammar_key, cfg)
-    data = sample_data(data_key, grammar, args.n, return_latents=True)
-    out = args.out
-    os.makedirs(out, exist_ok=True)
-    config = {"v": cfg.v, "m": cfg.m, "s": cfg.s, "L": cfg.L, "n_classes": cfg.n_classes,
-              "seed": args.seed}
-    with atomic_write(os.path.join(out, "data.npz"), "wb") as handle:
-        arrays = {f"rules_{l}": np.asarray(r) for l, r in enumerate(grammar.rules)}
-        arrays.update({f"latents_{l}": np.asarray(x) for l, x in enumerate(data.latents)})
-        np.savez_compressed(handle, tokens=np.asarray(data.tokens),
-                            classes=np.asarray(data.classes), **arrays)
-    with atomic_write(os.path.join(out, "data.jsonl")) as handle:
-        import json
-        for tokens, label in zip(np.asarray(data.tokens).tolist(), np.asarray(data.classes).tolist()):
-            handle.write(json.dumps({**config, "class": label, "tokens": tokens}) + "\n")
-    write_json(os.path.join(out, "meta.json"),
-               {"command": "sample", "config": config, "n": args.n, "P_max": str(cfg.P_max),
-                "log_P_max": cfg.log_P_max, "environment": environment()})
+        grammar_key, data_key = jax.random.split(jax.random.key(args.seed))
+        grammar = sample_grammar(grammar_key, cfg)
+        data = sample_data(data_key, grammar, args.n, return_latents=True)
+        config = {"v": cfg.v, "m": cfg.m, "s": cfg.s, "L": cfg.L, "n_classes": cfg.n_classes,
+                  "seed": args.seed}
+        with atomic_write(folder.file("data.npz"), "wb") as handle:
+            arrays = {f"rules_{l}": np.asarray(r) for l, r in enumerate(grammar.rules)}
+            arrays.update({f"latents_{l}": np.asarray(x) for l, x in enumerate(data.latents)})
+            np.savez_compressed(handle, tokens=np.asarray(data.tokens),
+                                classes=np.asarray(data.classes), **arrays)
+        with atomic_write(folder.file("data.jsonl")) as handle:
+            import json
+            tokens, classes = np.asarray(data.tokens), np.asarray(data.classes)
+            for row, label in zip(tokens, classes.tolist()):  # one row at a time
+                handle.write(json.dumps({**config, "class": label, "tokens": row.tolist()}) + "\n")
+        out = folder.commit({"config": config, "n": args.n, "P_max": str(cfg.P_max),
+                             "log_P_max": cfg.log_P_max, "environment": environment()})
     print(f"wrote {args.n} data of {cfg} to {out}/data.npz and {out}/data.jsonl")
     return 0
 
@@ -66,15 +161,19 @@ COMMAND_MODULES = ("phase_cli", "train_cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="rhm-jax",
         description="Random Hierarchy Model: sampling, noising, exact BP and the phase transition.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sample = sub.add_parser("sample", help="sample RHM data to .npz and .jsonl")
     _add_config_args(sample)
-    sample.add_argument("--L", type=int, default=3, help="depth (default %(default)s)")
-    sample.add_argument("--n", type=int, default=1000, help="number of data (default %(default)s)")
-    sample.add_argument("--out", default="runs/sample", help="output folder (default %(default)s)")
+    sample.add_argument("--L", type=integer_flag("--L", 1), default=3,
+                        help="depth (default %(default)s)")
+    sample.add_argument("--n", type=integer_flag("--n", 1), default=1000,
+                        help="number of data (default %(default)s)")
+    sample.add_argument("--out", default="runs/sample",
+                        help="output folder, replaced whole when the run completes "
+                             "(default %(default)s)")
     sample.set_defaults(func=_cmd_sample)
     import importlib
 

@@ -1,4 +1,5 @@
-"""Result files: atomic writes, tidy JSONL rows, and the run's environment."""
+"""Result files: run folders replaced whole, atomic writes, tidy JSONL rows, and the run's
+environment."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -76,3 +78,124 @@ def environment() -> dict:
         "x64": bool(jax.config.jax_enable_x64),
         "utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+# ---- run folders ----------------------------------------------------------------------------
+def is_run_folder(path) -> bool:
+    """True when ``path`` holds an rhm-jax run: a ``meta.json`` naming its command."""
+    try:
+        with open(Path(path) / "meta.json") as handle:
+            meta = json.load(handle)
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and "command" in meta
+
+
+def _nearest_existing(path: Path) -> Path:
+    path = path.absolute()
+    while not os.path.lexists(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_output_folder(path, flag: str = "--out") -> Path:
+    """Refuse, before any work, a folder that a run cannot write and then replace.
+
+    Accepted: a folder that does not exist yet (its parents are created), an empty folder,
+    or an earlier rhm-jax run folder (:func:`is_run_folder`), which the new run replaces
+    whole when it completes. Refused, with a one-line ``ValueError`` naming ``flag``: an
+    existing file, a path under a file, a folder that cannot be written, and a non-empty
+    folder that is not a run folder (it is never deleted).
+    """
+    text = os.fspath(path)
+    if not text.strip():
+        raise ValueError(f"{flag} = {text!r} must name a folder")
+    path = Path(text)
+    if os.path.lexists(path) and not path.is_dir():
+        raise ValueError(f"{flag} = {text} is an existing file, not a folder")
+    if path.is_dir() and any(path.iterdir()) and not is_run_folder(path):
+        raise ValueError(f"{flag} = {text} is a non-empty folder that is not an rhm-jax run "
+                         "(no meta.json): name a new or empty folder; rhm-jax replaces only "
+                         "its own run folders")
+    anchor = _nearest_existing(path if path.is_dir() else path.absolute().parent)
+    if not anchor.is_dir():
+        raise ValueError(f"{flag} = {text}: {anchor} is a file, so no folder can be made "
+                         "under it")
+    if not os.access(anchor, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} = {text}: {anchor} is not writable")
+    return path
+
+
+class RunFolder:
+    """An output folder that always describes one whole run.
+
+    The run writes into a fresh staging folder beside the target (``.NAME.partial-*``);
+    :meth:`commit` writes ``meta.json`` with ``"complete": true`` last and then moves the
+    staging folder into place, replacing an earlier run folder whole (so no file of an
+    older run survives next to the new ones). An interrupted run leaves the target as it
+    was; :meth:`discard` (or leaving the ``with`` block by an exception) removes the
+    staging folder.
+
+    The target is checked with :func:`check_output_folder`, and the staging folder is
+    created, in the constructor: both before any work, so a bad ``--out`` fails at once.
+
+    Examples:
+      >>> import tempfile, os
+      >>> root = tempfile.mkdtemp()
+      >>> with RunFolder(os.path.join(root, "run"), command="demo") as folder:
+      ...     write_json(folder.file("result.json"), {"x": 1})
+      ...     final = folder.commit({"seed": 0})
+      >>> sorted(os.listdir(os.path.join(root, "run")))
+      ['meta.json', 'result.json']
+    """
+
+    def __init__(self, path, *, command: str, flag: str = "--out"):
+        self.target = check_output_folder(path, flag)
+        self.command = command
+        parent = self.target.absolute().parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            self.staging = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.partial-",
+                                                 dir=parent))
+        except OSError as err:
+            raise ValueError(f"{flag} = {os.fspath(path)}: cannot create a folder in "
+                             f"{parent} ({err.strerror or err})") from None
+        self.committed = False
+
+    def file(self, name: str) -> str:
+        """Path of ``name`` inside the staging folder (where the run writes)."""
+        return str(self.staging / name)
+
+    def commit(self, meta: dict) -> Path:
+        """Write ``meta.json`` (with the command and ``"complete": true``) and move the run
+        into place. Returns the final folder."""
+        stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        write_json(self.file("meta.json"), {"command": self.command, **meta,
+                                            "complete": True, "completed_utc": stamp})
+        target, old = self.target, None
+        if target.is_dir():
+            if any(target.iterdir()):
+                if not is_run_folder(target):  # something else appeared there meanwhile
+                    raise ValueError(f"{target} is no longer an rhm-jax run folder; this run's "
+                                     f"results are kept in {self.staging}")
+                old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+                os.replace(target, old / target.name)
+            else:
+                target.rmdir()
+        os.replace(self.staging, target)
+        self.committed = True
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return target
+
+    def discard(self) -> None:
+        """Remove the staging folder of a run that did not complete."""
+        if not self.committed:
+            shutil.rmtree(self.staging, ignore_errors=True)
+
+    def __enter__(self) -> RunFolder:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.discard()

@@ -2,15 +2,19 @@
 
 Writes into ``--out``: ``results.jsonl`` (one tidy row per config × process × noise level
 × level), ``finite_size.json`` (class-threshold per depth and its extrapolation next to the
-mean-field ``ε*``), ``meta.json`` (configuration, versions, devices, seed, wall time) and
-PNG figures. Every file is written atomically, so an interrupted run never leaves a
-half-written result.
+mean-field ``ε*``), ``meta.json`` (configuration, versions, devices, seed, wall time,
+``"complete": true``) and PNG figures. The run writes into a staging folder beside
+``--out`` and moves it into place when it completes, replacing an earlier run folder whole
+(:class:`rhm_jax.io.RunFolder`): the folder always describes one whole run, and an
+interrupted run leaves the previous one untouched. Every flag, the output folder and the
+memory one compiled call needs are checked before any computation.
 """
 
 from __future__ import annotations
 
-import os
+import argparse
 import time
+from typing import NamedTuple
 
 import numpy as np
 
@@ -30,66 +34,157 @@ def make_process(name: str, config):
     return factories[name](config)
 
 
-def _parse_list(text: str, kind=int):
-    return [kind(x) for x in text.split(",") if x.strip()]
+class TimeGrid(NamedTuple):
+    """The noise levels of ``--times`` and the text they were given as."""
+
+    values: list
+    given: str | None
+
+
+def _rounded(values) -> list:
+    """Times rounded to 12 significant digits: ``0.15``, not ``0.15000000000000002``."""
+    return [float(f"{x:.12g}") for x in values]
+
+
+def even_times(start: float, stop: float, num: int) -> list:
+    """``num`` evenly spaced times from ``start`` to ``stop``, rounded (:func:`_rounded`)."""
+    return _rounded(np.linspace(start, stop, num))
+
+
+_TIMES_RULE = ("a count N >= 1 (N times evenly spaced in [0, 1]), a grid START:STOP:N with "
+               "0 <= START < STOP <= 1, or a comma list of increasing times in [0, 1]")
+
+
+def times_flag(text: str) -> TimeGrid:
+    """``--times``: ``21``, ``0.6:0.8:41`` or ``0.1,0.2,0.5`` (see :data:`_TIMES_RULE`)."""
+    def fail(rule=_TIMES_RULE):
+        raise argparse.ArgumentTypeError(f"--times = {text!r} must be {rule}")
+
+    stripped = text.strip()
+    if ":" in stripped:
+        parts = stripped.split(":")
+        try:
+            start, stop, num = float(parts[0]), float(parts[1]), int(parts[2])
+        except (ValueError, IndexError):
+            fail("a grid START:STOP:N such as 0.6:0.8:41 (two times and a count)")
+        if len(parts) != 3:
+            fail("a grid START:STOP:N such as 0.6:0.8:41 (two times and a count)")
+        if not (0 <= start < stop <= 1 and num >= 2) and not (0 <= start == stop <= 1 and num == 1):
+            fail("a grid START:STOP:N with 0 <= START < STOP <= 1 and N >= 2")
+        return TimeGrid(even_times(start, stop, num), stripped)
+    try:
+        if not any(c in stripped for c in ",.eE"):
+            num = int(stripped)
+            if num < 1:
+                fail()
+            return TimeGrid(even_times(0.0, 1.0, num), stripped)
+        values = [float(part) for part in stripped.split(",")]
+    except ValueError:
+        fail()
+    if not all(0 <= t <= 1 for t in values) or any(b <= a for a, b in zip(values, values[1:])):
+        fail("a comma list of increasing times in [0, 1]")
+    return TimeGrid(values, stripped)
+
+
+def processes_flag(text: str) -> list:
+    """``--processes``: distinct names from :data:`PROCESSES`, comma-separated."""
+    names = [part.strip() for part in text.split(",")]
+    rule = f"a comma-separated list of distinct processes from {', '.join(PROCESSES)}"
+    if not text.strip() or any(name not in PROCESSES for name in names) or (
+            len(set(names)) != len(names)):
+        unknown = [name for name in names if name not in PROCESSES]
+        detail = f" ({unknown[0]!r} is not one)" if unknown and text.strip() else ""
+        raise argparse.ArgumentTypeError(f"--processes = {text!r} must be {rule}{detail}")
+    return names
 
 
 def add_parser(subparsers, add_config_args):
+    from rhm_jax.cli import integer_flag, integer_list_flag
+
     parser = subparsers.add_parser(
         "phase", help="forward-backward phase transition with exact BP (the main job)",
         description="Noise RHM data, reconstruct them with exact BP, and measure how each "
                     "level survives: P_l against noise, per depth and noise process.")
     add_config_args(parser)
-    parser.add_argument("--L", default=None,
+    parser.add_argument("--L", default=None, type=integer_list_flag("--L", 1, "3,5,7"),
                         help=f"comma-separated depths (default {','.join(map(str, DEFAULT_DEPTHS))})")
-    parser.add_argument("--processes", default=",".join(PROCESSES),
+    parser.add_argument("--processes", default=",".join(PROCESSES), type=processes_flag,
                         help="comma-separated noise processes (default %(default)s)")
     parser.add_argument("--all-depths-for-all-processes", action="store_true",
                         help="run every process at every depth (default: the ε-process at "
                              "every depth, the others at the largest)")
-    parser.add_argument("--times", type=int, default=None,
-                        help="number of noise levels in [0, 1] (default 21; quick 6)")
-    parser.add_argument("--n-data", type=int, default=None,
+    parser.add_argument("--times", type=times_flag, default=None,
+                        help="noise levels: a count N (N evenly spaced in [0, 1]; default 21, "
+                             "quick 6), a grid START:STOP:N such as 0.6:0.8:41, or a comma "
+                             "list such as 0.1,0.3,0.5")
+    parser.add_argument("--n-data", type=integer_flag("--n-data", 1), default=None,
                         help="data per grammar and noise level (default 512; quick 64)")
-    parser.add_argument("--grammars", type=int, default=1,
+    parser.add_argument("--grammars", type=integer_flag("--grammars", 1), default=1,
                         help="independent grammars averaged over (default %(default)s)")
-    parser.add_argument("--max-batch", type=int, default=2048,
+    parser.add_argument("--max-batch", type=integer_flag("--max-batch", 1), default=2048,
                         help="bound on grammars x times x chunk per compiled call")
-    parser.add_argument("--out", default="runs/phase", help="output folder (default %(default)s)")
+    parser.add_argument("--out", default="runs/phase",
+                        help="output folder, replaced whole when the run completes (an "
+                             "existing non-empty folder must be an earlier rhm-jax run; "
+                             "default %(default)s)")
     parser.add_argument("--quick", action="store_true", help="tiny run for CI and smoke tests")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
     return parser
 
 
-def run(args) -> int:
-    from rhm_jax.io import write_json, write_jsonl
+def _call_bytes(cfg, rows: int) -> int:
+    """Memory of one compiled call of the sweep: ``rows`` data × noise levels of float
+    leaf log-likelihoods ``(d, v)``, about twice over (evidence and BP's messages)."""
+    return 2 * rows * cfg.d * cfg.v * np.dtype(np.float32).itemsize
 
-    depths = _parse_list(args.L) if args.L else list(QUICK_DEPTHS if args.quick else DEFAULT_DEPTHS)
-    processes = [p.strip() for p in args.processes.split(",") if p.strip()]
-    num_times = args.times or (6 if args.quick else 21)
-    n_data = args.n_data or (64 if args.quick else 512)
-    # Validate everything before any heavy work.
-    from rhm_jax import RHMConfig
-    configs = [RHMConfig(v=args.v, m=args.m, s=args.s, L=L, n_classes=args.n_classes)
-               for L in depths]
+
+def run(args) -> int:
+    from rhm_jax.cli import make_config
+    from rhm_jax.io import RunFolder, check_output_folder
+
+    # Everything is checked before any heavy work (the flags' types checked the rest).
+    depths = args.L or list(QUICK_DEPTHS if args.quick else DEFAULT_DEPTHS)
+    processes = args.processes
+    times_grid = args.times or TimeGrid(even_times(0.0, 1.0, 6 if args.quick else 21), None)
+    times = np.asarray(times_grid.values, dtype=np.float64)
+    n_data = args.n_data if args.n_data is not None else (64 if args.quick else 512)
+    configs = [make_config(args, L) for L in depths]
     for name in processes:
         make_process(name, configs[0])
-    for name, value in (("--times", num_times), ("--n-data", n_data), ("--grammars", args.grammars)):
-        if value < 1:
-            raise ValueError(f"{name} = {value} must be >= 1")
+    check_output_folder(args.out)
 
+    from rhm_jax._checks import check_fits
+    from rhm_jax.sharding import initialize_distributed, is_main_process
+
+    initialize_distributed()
+    per_call = args.grammars * len(times)
+    rows_per_call = per_call * max(1, args.max_batch // per_call)
+    deepest = configs[-1]
+    check_fits(f"phase --L {deepest.L}: one compiled call of {rows_per_call} rows "
+               f"(--grammars x times x chunk, bounded by --max-batch {args.max_batch}) of "
+               f"d x v = {deepest.d} x {deepest.v} log-likelihoods",
+               _call_bytes(deepest, rows_per_call),
+               advice="lower --max-batch or the largest --L")
+    folder = RunFolder(args.out, command="phase") if is_main_process() else None
+    try:
+        return _sweep(args, folder, configs, depths, processes, times, times_grid, n_data)
+    except BaseException:
+        if folder is not None:
+            folder.discard()
+        raise
+
+
+def _sweep(args, folder, configs, depths, processes, times, times_grid, n_data) -> int:
     import jax
 
     from rhm_jax import theory
     from rhm_jax.experiments import forward_backward, sample_grammars, to_rows
-    from rhm_jax.io import environment
+    from rhm_jax.io import environment, write_json, write_jsonl
     from rhm_jax.plotting import plot_class_vs_noise, plot_levels, plot_processes
-    from rhm_jax.sharding import data_mesh, initialize_distributed, is_main_process
+    from rhm_jax.sharding import data_mesh, is_main_process
 
-    initialize_distributed()
     start = time.time()
-    times = np.linspace(0.0, 1.0, num_times)
     mean_field = None
     if (args.n_classes in (None, args.v)):
         mean_field = theory.MeanField(args.v, args.m, args.s)
@@ -125,23 +220,21 @@ def run(args) -> int:
 
     finite_size = _finite_size(rows, depths, mean_field, configs[0])
     wall = time.time() - start
-    if is_main_process():
-        out = args.out
-        os.makedirs(out, exist_ok=True)
-        write_jsonl(os.path.join(out, "results.jsonl"), rows)
-        write_json(os.path.join(out, "finite_size.json"), finite_size)
+    if folder is not None:
+        write_jsonl(folder.file("results.jsonl"), rows)
+        write_json(folder.file("finite_size.json"), finite_size)
         if "epsilon" in processes:
-            plot_class_vs_noise(rows, mean_field, os.path.join(out, "phase_class.png"))
-            plot_levels(rows, os.path.join(out, "phase_levels.png"), process="epsilon",
+            plot_class_vs_noise(rows, mean_field, folder.file("phase_class.png"))
+            plot_levels(rows, folder.file("phase_levels.png"), process="epsilon",
                         L=max(depths), mean_field=mean_field, xlabel=r"noise $\varepsilon$")
-        plot_processes(rows, os.path.join(out, "phase_processes.png"), L=max(depths))
+        plot_processes(rows, folder.file("phase_processes.png"), L=max(depths))
         cfg0 = configs[0]
-        write_json(os.path.join(out, "meta.json"), {
-            "command": "phase",
+        out = folder.commit({
             "config": {"v": cfg0.v, "m": cfg0.m, "s": cfg0.s, "n_classes": cfg0.n_classes,
-                       "L": depths, "processes": processes, "times": times.tolist(),
-                       "n_data": n_data, "grammars": args.grammars, "seed": args.seed,
-                       "quick": bool(args.quick)},
+                       "L": depths, "processes": processes, "times": _rounded(times),
+                       "times_given": times_grid.given, "n_data": n_data,
+                       "grammars": args.grammars, "max_batch": args.max_batch,
+                       "seed": args.seed, "quick": bool(args.quick)},
             "mean_field": None if mean_field is None else {
                 "eps_star": mean_field.eps_star, "p_star": mean_field.p_star,
                 "F_prime_p_star": mean_field.slope_at_p_star, "nu": mean_field.nu},
