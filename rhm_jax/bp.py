@@ -11,7 +11,17 @@ Impossible evidence. A node whose subtree admits no tree of the grammar gets an 
 upward message. We record ``log 0 = -inf`` in ``log_evidence`` and replace that message by
 the uniform one, so every later quantity stays finite. Documented fallback: where
 ``log_evidence == -inf`` the marginals are finite, normalised, but carry no meaning (nodes
-with no explanation get the uniform marginal). No NaN is ever produced.
+with no explanation get the uniform marginal). No NaN is ever produced from valid input.
+
+Invalid evidence. A NaN or ``+inf`` leaf log-likelihood has no meaning (``-inf``, an
+impossible value, is legal). Concrete input holding one is refused by the public functions
+with a ``ValueError`` naming the first bad entry, before any BP work; so is finite input
+whose per-token maxima sum past the float range (``log_evidence`` would be ``+inf``:
+subtract a per-token constant, which BP allows). Under ``jax.jit`` (a traced input),
+where nothing can be raised, the fault propagates visibly instead of being absorbed by the
+uniform fallback: every float output of that datum (marginals, messages, class posterior,
+``log_evidence``) is NaN, and every integer output of :func:`sample_posterior` is ``-1``;
+the other data of the batch are unaffected.
 
 Layout. Results are one array per level, ``(n, s**l, n_l)``. Internally a chunk of ``c``
 data is processed at a time and messages are ``(c, n_l, s**l)``: symbols before nodes, so
@@ -33,8 +43,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rhm_jax.grammar import (Grammar, InverseTable, inverse_table, max_slots_per_child,
-                             with_inverse_tables)
+from rhm_jax._checks import check_bool, check_int, check_key, describe
+from rhm_jax.grammar import (Grammar, InverseTable, check_grammar, inverse_table,
+                             max_slots_per_child, with_inverse_tables)
 from rhm_jax.sampling import Data
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -334,8 +345,7 @@ def _resolve_chunk(grammar: Grammar, leaf_log_likelihood, chunk_size) -> int:
     n = leaf_log_likelihood.shape[0]
     if chunk_size is None:
         return default_chunk_size(grammar.config, n)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size = {chunk_size!r} must be a positive integer")
+    chunk_size = check_int("chunk_size", chunk_size, minimum=1)
     return min(chunk_size, max(n, 1))
 
 
@@ -375,9 +385,15 @@ def _upward_public(grammar: Grammar, leaf_log_likelihood: jax.Array, chunk: int,
 
 
 def _check_leaf_log_likelihood(grammar: Grammar, leaf_log_likelihood) -> jax.Array:
-    if not isinstance(grammar, Grammar):
-        raise TypeError(f"grammar must be a Grammar, got {type(grammar).__name__}")
-    cfg = grammar.config
+    """The grammar (:func:`~rhm_jax.grammar.check_grammar`), the shape and dtype of the
+    leaf log-likelihoods, and, when they are concrete, their values (no NaN, no ``+inf``,
+    no overflowing sum): see "Invalid evidence" in the module docstring."""
+    cfg = check_grammar(grammar).config
+    if not hasattr(leaf_log_likelihood, "shape"):  # a nested list is fine, None is not
+        given, leaf_log_likelihood = leaf_log_likelihood, np.asarray(leaf_log_likelihood)
+        if leaf_log_likelihood.dtype == object or leaf_log_likelihood.dtype.kind in "USV":
+            raise TypeError("leaf_log_likelihood must be a float array of shape (n, d, v), "
+                            f"got {describe(given)}")
     leaf_log_likelihood = jnp.asarray(leaf_log_likelihood)
     if leaf_log_likelihood.ndim != 3 or leaf_log_likelihood.shape[1:] != (cfg.d, cfg.v):
         raise ValueError(
@@ -386,7 +402,69 @@ def _check_leaf_log_likelihood(grammar: Grammar, leaf_log_likelihood) -> jax.Arr
     if not jnp.issubdtype(leaf_log_likelihood.dtype, jnp.floating):
         raise ValueError(f"leaf_log_likelihood has dtype {leaf_log_likelihood.dtype}; "
                          "it must be floating point")
+    if not isinstance(leaf_log_likelihood, jax.core.Tracer) and leaf_log_likelihood.size:
+        _check_evidence_values(leaf_log_likelihood)
     return leaf_log_likelihood
+
+
+@jax.jit
+def _evidence_faults(loglik: jax.Array):
+    """Per fault (NaN, +inf, finite peaks summing to +inf): the number of data with it, the
+    first such datum (``n`` if none) and (for the first two) the flat position in it.
+
+    Only elementwise ops and reductions, no indexing into the batch, so it works on any
+    sharding (explicit mesh axes included); the scalars it returns are replicated, so the
+    answer is readable even for a batch sharded across processes.
+    """
+    n = loglik.shape[0]
+    is_nan, is_inf = jnp.isnan(loglik), loglik == jnp.inf
+    peaks = jnp.max(jnp.where(is_nan, -jnp.inf, loglik), axis=-1)
+    total = jnp.sum(jnp.where(jnp.isfinite(peaks), peaks, 0), axis=-1)
+    index = jnp.arange(n)
+    counts, firsts, positions = [], [], []
+    for flags, where in ((is_nan, True), (is_inf, True), (total == jnp.inf, False)):
+        per_datum = jnp.any(flags, axis=(1, 2)) if where else flags
+        first = jnp.min(jnp.where(per_datum, index, n))
+        counts.append(jnp.sum(per_datum))
+        firsts.append(first)
+        if where:
+            position = jnp.argmax(flags.reshape(n, -1), axis=1)
+            positions.append(jnp.sum(jnp.where(index == first, position, 0)))
+    return jnp.stack(counts), jnp.stack(firsts), jnp.stack(positions)
+
+
+def _check_evidence_values(loglik: jax.Array) -> None:
+    counts, first, where = (np.asarray(x) for x in _evidence_faults(loglik))
+    n, d, v = loglik.shape
+    for fault, text in ((0, "nan"), (1, "+inf")):
+        if counts[fault]:
+            token, symbol = divmod(int(where[fault]), v)
+            raise ValueError(
+                f"leaf_log_likelihood[{first[fault]}, {token}, {symbol}] = {text} ({counts[fault]} "
+                f"of {n} data hold a NaN or +inf): a log-likelihood must be finite or -inf "
+                "(-inf marks an impossible value)")
+    if counts[2]:
+        raise ValueError(
+            f"leaf_log_likelihood[{first[2]}]: the per-token maxima sum to +inf in "
+            f"{counts[2]} of {n} data, so log_evidence would overflow; subtract a per-token "
+            "constant (e.g. the max over the last axis), which leaves the posteriors unchanged")
+
+
+def _poison(result, loglik: jax.Array):
+    """Traced input: each datum whose log-likelihoods hold a NaN or ``+inf`` gets NaN in
+    every float output and ``-1`` in every integer output (see the module docstring)."""
+    bad = jnp.any(jnp.isnan(loglik) | (loglik == jnp.inf), axis=(1, 2))
+
+    def mark(x):
+        flag = bad.reshape(bad.shape + (1,) * (x.ndim - 1))
+        fill = jnp.nan if jnp.issubdtype(x.dtype, jnp.floating) else -1
+        return jnp.where(flag, jnp.asarray(fill, x.dtype), x)
+
+    return jax.tree.map(mark, result)
+
+
+def _traced(x) -> bool:
+    return isinstance(x, jax.core.Tracer)
 
 
 def _with_tables(grammar: Grammar) -> Grammar:
@@ -477,9 +555,7 @@ def _placement_and_chunk(grammar, loglik, chunk_size):
 
 
 def _check_flag(name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} = {value!r} must be True or False")
-    return value
+    return check_bool(name, value)
 
 
 def upward(grammar: Grammar, leaf_log_likelihood, *, chunk_size: int | None = None,
@@ -488,16 +564,21 @@ def upward(grammar: Grammar, leaf_log_likelihood, *, chunk_size: int | None = No
 
     Args:
       grammar: the rules.
-      leaf_log_likelihood: ``(n, d, v)`` log-likelihoods ``log p(obs_i | x0_i = a)``. A
-        batch sharded over mesh axes (``NamedSharding``) runs per shard and the results
-        keep its sharding.
+      leaf_log_likelihood: ``(n, d, v)`` log-likelihoods ``log p(obs_i | x0_i = a)``,
+        finite or ``-inf``. A batch sharded over mesh axes (``NamedSharding``) runs per
+        shard and the results keep its sharding.
       chunk_size: data per step of the chunked computation (default
         :func:`default_chunk_size`); results do not depend on it.
       messages: also return every level's upward messages (``Upward.messages``; by default
         ``None``: writing them out costs more than computing the class posterior).
 
     Returns:
-      :class:`Upward`.
+      :class:`Upward`. Under ``jit``, a datum whose log-likelihoods hold a NaN or ``+inf``
+      gets NaN in every field (see "Invalid evidence" in the module docstring).
+
+    Raises:
+      ValueError: concrete log-likelihoods with a NaN or ``+inf`` (naming the first), or
+        a bad shape, dtype, ``chunk_size`` or grammar.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -511,7 +592,8 @@ def upward(grammar: Grammar, leaf_log_likelihood, *, chunk_size: int | None = No
     loglik = _check_leaf_log_likelihood(grammar, leaf_log_likelihood)
     messages = _check_flag("messages", messages)
     placement, chunk = _placement_and_chunk(grammar, loglik, chunk_size)
-    return _upward_jit(grammar, loglik, chunk, messages, placement)
+    result = _upward_jit(grammar, loglik, chunk, messages, placement)
+    return _poison(result, loglik) if _traced(loglik) else result
 
 
 def marginals(grammar: Grammar, leaf_log_likelihood, *, chunk_size: int | None = None,
@@ -520,9 +602,9 @@ def marginals(grammar: Grammar, leaf_log_likelihood, *, chunk_size: int | None =
 
     Args:
       grammar: the rules.
-      leaf_log_likelihood: ``(n, d, v)`` log-likelihoods ``log p(obs_i | x0_i = a)``. A
-        batch sharded over mesh axes (``NamedSharding``) runs per shard and the results
-        keep its sharding.
+      leaf_log_likelihood: ``(n, d, v)`` log-likelihoods ``log p(obs_i | x0_i = a)``,
+        finite or ``-inf``. A batch sharded over mesh axes (``NamedSharding``) runs per
+        shard and the results keep its sharding.
       chunk_size: data per step of the chunked computation (default
         :func:`default_chunk_size`); results do not depend on it.
       messages: also return the upward and downward messages of every level
@@ -530,7 +612,13 @@ def marginals(grammar: Grammar, leaf_log_likelihood, *, chunk_size: int | None =
         the output memory and time).
 
     Returns:
-      :class:`BPResult`.
+      :class:`BPResult`. Under ``jit``, a datum whose log-likelihoods hold a NaN or
+      ``+inf`` gets NaN marginals, messages and ``log_evidence`` (see "Invalid evidence"
+      in the module docstring).
+
+    Raises:
+      ValueError: concrete log-likelihoods with a NaN or ``+inf`` (naming the first), or
+        a bad shape, dtype, ``chunk_size`` or grammar.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -547,7 +635,8 @@ def marginals(grammar: Grammar, leaf_log_likelihood, *, chunk_size: int | None =
     messages = _check_flag("messages", messages)
     grammar = _with_tables(grammar)
     placement, chunk = _placement_and_chunk(grammar, loglik, chunk_size)
-    return _marginals_jit(grammar, loglik, chunk, messages, placement)
+    result = _marginals_jit(grammar, loglik, chunk, messages, placement)
+    return _poison(result, loglik) if _traced(loglik) else result
 
 
 def _categorical(weights: jax.Array, uniform: jax.Array, axis: int) -> jax.Array:
@@ -633,17 +722,25 @@ def sample_posterior(key: jax.Array, grammar: Grammar, leaf_log_likelihood,
     This is exact backward diffusion from the observation's time in one shot.
 
     Args:
-      key: a PRNG key; datum ``i`` uses its own key split from it, so the draws do not
+      key: a PRNG key (``jax.random.key`` or a legacy ``jax.random.PRNGKey``); datum ``i``
+        uses its own key split from it, so the draws do not
         depend on ``chunk_size`` or on how the batch is sharded.
       grammar: the rules.
-      leaf_log_likelihood: ``(n, d, v)``; sharded batches as in :func:`marginals`.
-      num_samples: independent draws per datum (static).
+      leaf_log_likelihood: ``(n, d, v)``, finite or ``-inf``; sharded batches as in
+        :func:`marginals`.
+      num_samples: independent draws per datum (static), a positive integer.
       chunk_size: data per step of the chunked computation (default
         :func:`default_chunk_size`).
 
     Returns:
       :class:`Data` with a sample axis after the batch axis: ``tokens`` ``(n, S, d)``,
       ``classes`` ``(n, S)``, ``latents[l]`` ``(n, S, s**l)``, ``digits`` ``(n, S, 1+N)``.
+      Under ``jit``, a datum whose log-likelihoods hold a NaN or ``+inf`` gets ``-1`` in
+      all of them (integers cannot hold a NaN).
+
+    Raises:
+      TypeError: ``key`` is not a PRNG key (typed or legacy).
+      ValueError: concrete log-likelihoods with a NaN or ``+inf``, as in :func:`marginals`.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -654,8 +751,9 @@ def sample_posterior(key: jax.Array, grammar: Grammar, leaf_log_likelihood,
       >>> draw.tokens.shape
       (3, 5, 8)
     """
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples = {num_samples!r} must be a positive integer")
+    check_key("key", key)
+    num_samples = check_int("num_samples", num_samples, minimum=1)
     loglik = _check_leaf_log_likelihood(grammar, leaf_log_likelihood)
     placement, chunk = _placement_and_chunk(grammar, loglik, chunk_size)
-    return _sample_posterior(key, grammar, loglik, num_samples, chunk, placement)
+    result = _sample_posterior(key, grammar, loglik, num_samples, chunk, placement)
+    return _poison(result, loglik) if _traced(loglik) else result

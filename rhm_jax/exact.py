@@ -41,6 +41,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 from rhm_jax import bp
+from rhm_jax._checks import check_bool, check_int, check_key
 from rhm_jax.grammar import Grammar
 from rhm_jax.noise import (
     Gaussian,
@@ -215,6 +216,7 @@ def one_shot_sample(key: PRNGKeyArray, grammar: Grammar, process, x_t: ArrayLike
     Returns:
       ``(n, d)`` int32 tokens (``(d,)`` if unbatched).
     """
+    check_key("key", key)
     _check_grammar_and_process(grammar, process)
     x_t, t, unbatched = _check_observation(process, "x_t", x_t, t)
     return _unbatch(_one_shot(key, grammar, process, x_t, t), unbatched)
@@ -275,11 +277,13 @@ def reverse_step(key: PRNGKeyArray, grammar: Grammar, process, x_t: ArrayLike, s
     Returns:
       ``x_s``, of the same shape and kind as ``x_t``.
     """
+    check_key("key", key)
     _check_grammar_and_process(grammar, process, reversible=True)
+    joint = check_bool("joint", joint)
     x_t, t_checked, unbatched = _check_observation(process, "x_t", x_t, t)
     s_checked = _check_time("s", s, x_t.shape[:1])
-    _check_earlier(s, t)
-    return _unbatch(_reverse_step(key, grammar, process, x_t, s_checked, t_checked, bool(joint)),
+    _check_earlier(s, t)  # the values as given, before rounding to float32
+    return _unbatch(_reverse_step(key, grammar, process, x_t, s_checked, t_checked, joint),
                     unbatched)
 
 
@@ -333,15 +337,16 @@ def reverse_sample(key: PRNGKeyArray, grammar: Grammar, process, x_t: ArrayLike,
     Returns:
       ``(n, d)`` int32 tokens ``x̂0`` (``(d,)`` if unbatched).
     """
+    check_key("key", key)
     _check_grammar_and_process(grammar, process, reversible=True)
-    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
-        raise ValueError(f"num_steps = {num_steps!r} must be a positive integer")
+    num_steps = check_int("num_steps", num_steps, minimum=1)
+    joint = check_bool("joint", joint)
     x_t, t_checked, unbatched = _check_observation(process, "x_t", x_t, t)
-    if _is_concrete(t) and (np.asarray(t) <= 0).any():
+    if _is_concrete(t_checked) and (np.asarray(t_checked) <= 0).any():
         raise ValueError("t = 0 must be > 0: reverse diffusion starts from a noisy time t and "
                          "runs back to 0")
-    return _unbatch(_reverse_sample(key, grammar, process, x_t, t_checked, int(num_steps),
-                                    bool(joint)), unbatched)
+    return _unbatch(_reverse_sample(key, grammar, process, x_t, t_checked, num_steps, joint),
+                    unbatched)
 
 
 # ---- observables --------------------------------------------------------------------------

@@ -18,6 +18,8 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from rhm_jax._checks import check_int
+
 DATA_AXIS = "data"
 
 
@@ -32,6 +34,7 @@ def data_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
     available = jax.device_count()
     if num_devices is None:
         num_devices = available
+    num_devices = check_int("num_devices", num_devices)
     if not 1 <= num_devices <= available:
         raise ValueError(f"num_devices = {num_devices} must be in [1, {available}] "
                          "(the number of available devices)")
@@ -63,6 +66,8 @@ def auto_axes(mesh: jax.sharding.Mesh) -> jax.sharding.Mesh:
 
 def batch_sharding(mesh: jax.sharding.Mesh, ndim: int = 1, batch_axis: int = 0) -> NamedSharding:
     """Sharding that splits axis ``batch_axis`` of an ``ndim``-array over the data axis."""
+    ndim = check_int("ndim", ndim, minimum=1)
+    batch_axis = check_int("batch_axis", batch_axis, minimum=-ndim, maximum=ndim - 1)
     spec = [None] * ndim
     spec[batch_axis] = DATA_AXIS
     return NamedSharding(mesh, PartitionSpec(*spec))
@@ -113,8 +118,15 @@ def shard_batch(tree, mesh: jax.sharding.Mesh, batch_axis: int = 0):
 
 
 def pad_to_multiple(n: int, multiple: int) -> int:
-    """Smallest multiple of ``multiple`` that is >= ``n``."""
-    return -(-int(n) // int(multiple)) * int(multiple)
+    """Smallest multiple of ``multiple`` that is >= ``n`` (``n >= 0``, ``multiple >= 1``).
+
+    Examples:
+      >>> pad_to_multiple(5, 4), pad_to_multiple(0, 4)
+      (8, 0)
+    """
+    n = check_int("n", n, minimum=0)
+    multiple = check_int("multiple", multiple, minimum=1)
+    return -(-n // multiple) * multiple
 
 
 _ENV = {"coordinator_address": "RHM_JAX_COORDINATOR",
