@@ -1,6 +1,7 @@
 import json
 import os
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -275,12 +276,16 @@ def test_identity_denoiser_keeps_each_token_with_its_exact_probability(small_gra
     with pytest.raises(ValueError, match="marginal estimator needs exact BP"):
         res.over_grammars("marginal")
 
-    # The denoiser sees each row's own time and its params.
-    res = forward_backward(jax.random.key(4), small_grammar, proc, times, n_data,
-                           denoiser=_shift_late, denoiser_params={"shift": jnp.int32(1)})
+    # The denoiser sees each row's own time and its params; new parameter values (a new
+    # checkpoint) reuse the compiled program.
+    chex.clear_trace_counter()
+    shift_late = chex.assert_max_traces(_shift_late, n=1)
     late = times > 0.5
-    want = np.where(late, (1 - alpha_bar) / cfg.v, alpha_bar + (1 - alpha_bar) / cfg.v)
-    _within(res.sampled[0, :, -1], want, res.sampled_se[0, :, -1], n_data)
+    for shift in (1, 3):
+        res = forward_backward(jax.random.key(4), small_grammar, proc, times, n_data,
+                               denoiser=shift_late, denoiser_params={"shift": jnp.int32(shift)})
+        want = np.where(late, (1 - alpha_bar) / cfg.v, alpha_bar + (1 - alpha_bar) / cfg.v)
+        _within(res.sampled[0, :, -1], want, res.sampled_se[0, :, -1], n_data)
     # A random denoiser draws from its key: tokens uniform, whatever x_t.
     res = forward_backward(jax.random.key(4), small_grammar, proc, times, n_data,
                            denoiser=_random_tokens)
