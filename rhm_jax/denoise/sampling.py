@@ -48,9 +48,13 @@ def _x0_draw(key, probs):
     return jax.random.categorical(key, jnp.log(jnp.maximum(probs, 1e-38))).astype(jnp.int32)
 
 
-@partial(jax.jit, static_argnames=("graphdef", "objective", "num_steps"))
-def _reverse_sample(key, graphdef, params, objective, x_t, t, num_steps):
-    model = nnx.merge(graphdef, params)
+def reverse_chain(predict, objective, key, x_t, t, num_steps: int):
+    """The reverse chain with any predictor ``predict(x_t, t) -> outputs`` (traceable).
+
+    With ``objective.bp_predictor(grammar)`` it is the factorised exact chain; with a
+    network, the network's. ``t`` is ``(n,)``.
+    """
+    model = predict
     process = objective.process
     fractions = (num_steps - jnp.arange(num_steps + 1, dtype=t.dtype)) / num_steps
 
@@ -72,6 +76,11 @@ def _reverse_sample(key, graphdef, params, objective, x_t, t, num_steps):
         return x0_draws[-1]  # s = 0: the DDPM posterior is a point mass at E[x0], not tokens
     # a mask left at s = 0 only follows a mask observed at α_t = 1 (probability 0)
     return jnp.where(x_0 < process.config.v, x_0, x0_draws[-1]).astype(jnp.int32)
+
+
+@partial(jax.jit, static_argnames=("graphdef", "objective", "num_steps"))
+def _reverse_sample(key, graphdef, params, objective, x_t, t, num_steps):
+    return reverse_chain(nnx.merge(graphdef, params), objective, key, x_t, t, num_steps)
 
 
 def _check(denoiser, process, x_t, t):

@@ -264,7 +264,7 @@ def make_train_steps(config: TrainConfig, graphdef, grammar, mesh=None):
             if ema is not None:
                 decay = config.ema_decay
                 ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema, params)
-            metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+            metrics = {"loss": loss, "grad_norm": _global_norm(grads),
                        "lr": schedule(step)}
             return TrainState(params, opt_state, ema, step + 1), metrics
 
@@ -478,6 +478,10 @@ def train(config: TrainConfig, run_dir, *, resume: bool = False, overwrite: bool
                                        "log_P_max": config.rhm_config.log_P_max})
 
     train_tokens, test_tokens = _datasets(config, grammar)
+    from rhm_jax.sharding import replicated
+
+    # the state and the training set live on every device of the mesh; batches are split
+    state, train_tokens = jax.device_put((state, train_tokens), replicated(mesh))
     run_steps = make_train_steps(config, graphdef, grammar, mesh)
     evaluate = make_eval(config, graphdef)
     floor, floor_se = bp_floor(config, grammar, test_tokens)
@@ -539,6 +543,10 @@ def train(config: TrainConfig, run_dir, *, resume: bool = False, overwrite: bool
     model = nnx.merge(graphdef, state.params)
     ema = None if state.ema is None else nnx.merge(graphdef, state.ema)
     return Run(config, grammar, model, ema, int(state.step), config.objective())
+
+
+def _global_norm(tree):
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
 
 
 def _count(params) -> int:
