@@ -157,7 +157,7 @@ def _cmd_sample(args) -> int:
 
 
 #: Modules that each add one ``rhm-jax`` command (the command line grows by adding a file).
-COMMAND_MODULES = ("phase_cli", "train_cli")
+COMMAND_MODULES = ("phase_cli", "train_cli", "compare_cli", "chi_cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

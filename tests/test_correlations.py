@@ -146,3 +146,19 @@ def test_gaussian_field_control_has_no_interior_peak():
     # Monotone within errors: no drop larger than two standard errors.
     drops = res.chi[:-1] - res.chi[1:]
     assert np.all(drops < 2 * np.hypot(res.chi_se[:-1], res.chi_se[1:])), res.chi
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--grf-d", "12"], "--grf-d = 12 must be a power of 2"),
+    (["--starts", "1"], "--starts = 1 must be an integer >= 2"),
+    (["--grf-exponent", "nan"], "--grf-exponent = nan"),
+    (["--processes", "epsilon,foo"], "'foo' is not one"),
+])
+def test_chi_cli_refuses_bad_flags_before_work(argv, message, tmp_path, capsys):
+    from rhm_jax.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["chi", *argv, "--out", str(tmp_path / "run")])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
