@@ -239,3 +239,42 @@ def test_network_samplers_return_tokens(loss, grammar):
         generate(3, denoiser, 5, num_steps=4)
     with pytest.raises(ValueError, match="num_steps = 0 must be >= 1"):
         generate(jax.random.key(0), denoiser, 5, num_steps=0)
+
+
+# ---- command line -------------------------------------------------------------------------
+def test_train_cli_runs_resumes_and_writes_its_run_folder(tmp_path, capsys):
+    from rhm_jax.cli import main
+    from rhm_jax.io import read_jsonl
+
+    out = tmp_path / "run"
+    flags = ["train", "--quick", "--no-progress", "--v", "8", "--m", "4", "--L", "2",
+             "--test-size", "32", "--steps", "20", "--out", str(out)]
+    assert main(flags) == 0
+    for name in ("config.json", "meta.json", "metrics.jsonl", "loss_curve.png", "checkpoints"):
+        assert (out / name).exists(), name
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["step"] for r in rows if r["split"] == "test"] == [0, 20]
+    assert "held-out loss" in capsys.readouterr().out
+    assert main(["train", "--out", str(out), "--resume", "--no-progress"]) == 0  # done: no-op
+    assert load_run(out).step == 20
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--width", "0"], "--width = 0 must be >= 1"),
+    (["--steps", "-3"], "--steps = -3 must be >= 1"),
+    (["--lr", "nan"], "--lr = nan must be a finite number"),
+    (["--train-size", "100000"], "exceeds P_max"),
+    (["--resume"], "holds no run"),
+    (["--resume", "--overwrite"], "exclude each other"),
+    (["--log-every", "7"], "--log-every = 7 must be a multiple of steps_per_call"),
+])
+def test_train_cli_refuses_bad_flags_before_any_work(tmp_path, capsys, flags, message):
+    from rhm_jax.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--quick", "--v", "8", "--m", "4", "--L", "2", "--out",
+              str(tmp_path / "x")] + flags)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
