@@ -18,7 +18,8 @@ on ``PILOT_LEVELS`` even levels, marginal ``P_0``) finds the ``P_0`` midpoint ``
 the pilot curve does not cross). With at least two depths of the ε-process, ``summary.json``
 also holds the exponent ``ν`` from a data collapse of ``χ`` over the depths
 (:func:`rhm_jax.correlations.collapse_exponent`, centres at the ``P_0`` midpoints, baseline
-``χ = 1``) next to the mean-field ``ν``.
+``χ = 1``) and from the 10–90% widths of ``P_0`` against depth
+(:func:`rhm_jax.correlations.width_exponent`), next to the mean-field ``ν``.
 """
 
 from __future__ import annotations
@@ -204,7 +205,8 @@ def _sweep(args, folder, configs, times, times_grid, starts, trajectories, grf_d
 
 def _nu_fit(results, summaries, cfg, mean_field) -> dict | None:
     """``ν`` from a data collapse of ``χ`` over the depths of the ε-process (>= 2 depths)."""
-    from rhm_jax.correlations import collapse_exponent
+    from rhm_jax import theory
+    from rhm_jax.correlations import collapse_exponent, width_exponent
 
     depths = sorted(L for L, name in results if name == "epsilon"
                     and summaries[(L, name)]["P0_midpoint_t"] is not None)
@@ -218,7 +220,15 @@ def _nu_fit(results, summaries, cfg, mean_field) -> dict | None:
                                 cfg.s, baseline=1.0)
     except ValueError as error:  # too few finite points: recorded, not fatal
         return {"error": str(error), "depths": depths}
-    return {"observable": "chi", "method": "data collapse of (chi - 1) / peak over "
+    widths = [theory.curve_width(r.times, r.class_kept, 1.0 / cfg.n_classes, 1.0) for r in res]
+    try:
+        nu_width, nu_width_se = width_exponent(depths, widths, cfg.s)
+    except ValueError:
+        nu_width = nu_width_se = None
+    num = lambda x: None if x is None or not np.isfinite(x) else float(x)
+    return {"P0_width_10_90": [num(w) for w in widths], "nu_from_P0_width": num(nu_width),
+            "nu_from_P0_width_se": num(nu_width_se),
+            "observable": "chi", "method": "data collapse of (chi - 1) / peak over "
             "(eps - eps_half(L)) * b**L; nu = ln s / ln b; bootstrap error",
             "depths": depths, "nu": fit.nu, "nu_se": fit.nu_se, "growth": fit.growth,
             "growth_se": fit.growth_se, "collapse_cost": fit.cost,

@@ -444,6 +444,36 @@ def collapse_exponent(depths, times, values, errors, centres, s: int, *, baselin
         normed_cost, grid, costs, npts)
 
 
+def width_exponent(depths, widths, s: int) -> tuple[float, float]:
+    """``ν`` from the finite-size scaling of the transition width, ``w_L ∝ b**(-L)``.
+
+    Least squares of ``ln w_L`` on ``L`` gives ``ln b`` (minus the slope) and its standard
+    error from the residuals (``N - 2`` degrees of freedom; NaN with two depths);
+    ``ν = ln s / ln b`` and its error by the delta method. Pure NumPy.
+
+    Returns:
+      ``(nu, nu_se)``.
+    """
+    depths = np.asarray(depths, np.float64)
+    widths = np.asarray(widths, np.float64)
+    if depths.shape != widths.shape or len(np.unique(depths)) < 2:
+        raise ValueError(f"depths = {depths.tolist()} and widths = {widths.tolist()} must "
+                         "have the same length and at least 2 distinct depths")
+    if not np.all(np.isfinite(widths) & (widths > 0)):
+        raise ValueError(f"widths = {widths.tolist()} must be finite and > 0")
+    s = check_int("s", s, minimum=2)
+    slope, intercept = np.polyfit(depths, np.log(widths), 1)
+    log_b = -slope
+    n = len(depths)
+    if n > 2:
+        resid = np.log(widths) - (slope * depths + intercept)
+        slope_se = math.sqrt(np.sum(resid**2) / (n - 2) / np.sum((depths - depths.mean())**2))
+    else:
+        slope_se = math.nan
+    nu = math.log(s) / log_b if log_b > 0 else math.inf
+    return nu, abs(nu / log_b) * slope_se if log_b > 0 else math.nan
+
+
 # ---- control without hierarchy: a 1-D Gaussian random field ---------------------------------
 def _grf_spectrum(d: int, exponent: float) -> jax.Array:
     """``P_k ∝ k**(-a)`` on the ``d//2 + 1`` real-FFT modes, ``P_0 = 0`` (zero-mean field),

@@ -7,7 +7,7 @@ import pytest
 
 from rhm_jax import Masking, RHMConfig, sample_grammar
 from rhm_jax.correlations import (_summarise, change_correlations, collapse_exponent,
-                                  grf_change_correlations, spin_statistics)
+                                  grf_change_correlations, spin_statistics, width_exponent)
 from rhm_jax.experiments import sample_grammars
 from rhm_jax.sharding import data_mesh
 
@@ -206,3 +206,25 @@ def test_collapse_refuses_bad_input():
     with pytest.raises(ValueError, match="depth L = 7 has 2 finite points"):
         values[1][2:] = np.nan
         collapse_exponent((5, 7), times, values, errors, centres, 2)
+
+
+def test_width_exponent():
+    """Exact widths b**(-L) give ν = ln s / ln b exactly (the mean-field widths of
+    (32, 8, 2) give ν within 2% of theory.MeanField.nu); noisy widths within the error."""
+    from rhm_jax import theory
+
+    nu, se = width_exponent([5, 7, 9], 0.3 * 1.5 ** -np.array([5.0, 7, 9]), 2)
+    assert nu == pytest.approx(np.log(2) / np.log(1.5)) and se == pytest.approx(0, abs=1e-9)
+    mf = theory.MeanField(32, 8, 2)
+    depths = [7, 9, 11, 13]
+    nu, _ = width_exponent(depths, [mf.transition_width(L) for L in depths], 2)
+    assert nu == pytest.approx(mf.nu, rel=0.02)
+    rng = np.random.default_rng(0)
+    pulls = []
+    for _ in range(200):
+        widths = 1.5 ** -np.arange(3.0, 9) * np.exp(0.05 * rng.standard_normal(6))
+        nu, se = width_exponent(np.arange(3, 9), widths, 3)
+        pulls.append((nu - np.log(3) / np.log(1.5)) / se)
+    assert 0.7 < np.std(pulls) < 1.4, np.std(pulls)
+    with pytest.raises(ValueError, match="widths = .* must be finite and > 0"):
+        width_exponent([5, 7], [0.1, 0.0], 2)
