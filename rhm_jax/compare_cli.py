@@ -263,12 +263,13 @@ def plot_generation(results, path):
             levels = np.arange(len(stats.valid))
             ax.bar(levels + (k - (len(sources) - 1) / 2) * width, stats.valid, width,
                    yerr=stats.valid_se, label=source, color=f"C{k}")
+        lowest = min(float(np.min(stats.valid)) for stats in result.samples.values())
         ax.set_xticks(levels)
         ax.set_xlabel("level l (0 = class)")
-        ax.set_ylim(0, 1.05)
+        ax.set_ylim(max(0.0, lowest - 0.1), 1.01)
         ax.set_title(_label(result), fontsize=8)
     axes[0][0].set_ylabel("fraction of valid nodes")
-    axes[0][-1].legend(fontsize=7)
+    axes[0][-1].legend(fontsize=7, loc="lower right")
     _save(fig, path)
 
 
@@ -299,6 +300,7 @@ def plot_representation(results, path):
 def plot_sweep(table, path):
     """Each measure against the training-set size ``P`` (in units of ``v·m**(L+1)``);
     online runs at the right edge."""
+    import matplotlib
     import matplotlib.pyplot as plt
 
     finite = [r for r in table if not r["online"]]
@@ -323,7 +325,8 @@ def plot_sweep(table, path):
             if r[key] is not None:
                 ax.plot([right], [r[key]], "D", color="C3", label="online")
         ax.set_xscale("log")
-        ax.set_xlabel(r"$P / (v\,m^{L+1})$")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel(r"$P / (v\,m^{L+1})$" + (" (online: right)" if online else ""))
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()

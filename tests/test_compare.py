@@ -158,13 +158,23 @@ def test_copy_fraction_of_a_set_against_itself_is_one_and_against_disjoint_data_
 def test_transformer_layer_activations_are_the_networks_own():
     """The per-layer activations re-run the transformer's forward pass: the last one, read
     out, is the network's output (the U-Net's levels are its own ``levels``)."""
+    from flax import nnx
+
     model = build_model(CFG, ModelConfig("transformer", width=8, num_layers=2, num_heads=2),
                         CFG.v + 1, seed=0)
+    graphdef, params = nnx.split(model)
+
+    @jax.jit  # one compiled call instead of op-by-op dispatch
+    def run(params, x, t):
+        net = nnx.merge(graphdef, params)
+        layers = compare.layer_activations(net, x, t)
+        return layers, net.readout(net.out_norm(layers[-1])), net(x, t)
+
     x = jax.random.randint(jax.random.key(11), (3, CFG.d), 0, CFG.v)
     t = jnp.zeros(3)
-    layers = compare.layer_activations(model, x, t)
+    layers, read_out, output = run(params, x, t)
     assert len(layers) == 3 and all(h.shape == (3, CFG.d, 8) for h in layers)
-    np.testing.assert_allclose(model.readout(model.out_norm(layers[-1])), model(x, t), atol=1e-5)
+    np.testing.assert_allclose(read_out, output, atol=1e-5)
     with pytest.raises(TypeError, match="must be a TreeUNet or a Transformer"):
         compare.layer_activations(object(), x, t)
 

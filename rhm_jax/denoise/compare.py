@@ -34,9 +34,11 @@ Gaussian ε             implied posterior mean ``(x_t - √(1-ᾱ) ε̂)/   ever
                        √ᾱ``, optimum ``μ_L`` (Tweedie)
 =====================  =========================================  =========================
 
-The ε-network's implied mean is not a distribution: it is clipped at 0 and renormalised
-before the KL and the top-1 (the squared error ``Σ_a (est_a - μ_a)²``, also reported for
-every objective, uses it as it is). Top-1 agreement counts a token when the network's most
+The ε-network's implied mean is not a distribution: it is clipped at
+:data:`EPS_MEAN_FLOOR` and renormalised before the KL and the top-1 (a symbol it puts at or
+below 0 while BP does not then costs ``μ_a log(μ_a / 1e-6)``, not an infinite KL); the
+squared error ``Σ_a (est_a - μ_a)²``, which the ε-loss weights and which is reported for
+every objective, takes it as it is. Top-1 agreement counts a token when the network's most
 probable symbol is one of BP's most probable ones (within :data:`TIE_TOLERANCE`): BP's
 posterior often ties (a masked token whose siblings are masked too), and ties must not
 count as disagreement. Per-token means are ratio estimates over data (sum over a datum's
@@ -58,14 +60,14 @@ from flax import nnx
 
 from rhm_jax._checks import check_int, check_key
 from rhm_jax.denoise.models import Transformer, TreeUNet
-from rhm_jax.denoise.objectives import D3PMBound, _safe_log
+from rhm_jax.denoise.objectives import D3PMBound, GaussianEps, _safe_log
 from rhm_jax.denoise.sampling import Denoiser, generate, prior_sample, reverse_chain, reverse_sample
 from rhm_jax.grammar import Grammar, check_grammar, with_inverse_tables
 from rhm_jax.noise import LOG_FLOOR, Gaussian, Masking
 from rhm_jax.parsing import parse
 
 __all__ = ["Agreement", "LossComparison", "SampleStats", "Representation", "RunComparison",
-           "TIE_TOLERANCE", "network_predictor", "bp_predictor", "empirical_marginals",
+           "TIE_TOLERANCE", "EPS_MEAN_FLOOR", "network_predictor", "bp_predictor", "empirical_marginals",
            "agreement", "compare_losses", "copy_flags", "copy_fraction", "sample_stats",
            "network_samples", "bp_chain_samples", "forward_backward_pair",
            "layer_activations", "representation_similarity", "default_num_steps",
@@ -74,6 +76,10 @@ __all__ = ["Agreement", "LossComparison", "SampleStats", "Representation", "RunC
 #: Top-1 agreement: the network's argmax counts as BP's when BP gives it at least BP's
 #: largest probability minus this (ties of the exact posterior are exact up to rounding).
 TIE_TOLERANCE = 1e-4
+
+#: The ε-network's implied posterior mean is clipped at this value and renormalised before
+#: its KL and top-1 are taken (about the float32 precision of ``(x_t - √(1-ᾱ) ε̂)/√ᾱ``).
+EPS_MEAN_FLOOR = 1e-6
 
 #: Probabilities below this are treated as 0 in the logarithm of an estimate (a clipped
 #: implied mean can hold exact zeros where the reference does not).
@@ -303,11 +309,12 @@ def _empirical_target(objective, marginals, loglik):
 
 
 # ---- per-t agreement with BP --------------------------------------------------------------
-def _token_stats(ref, est, include):
+def _token_stats(ref, est, include, floor: float = 0.0):
     """Per datum, over the included tokens: ``Σ KL(ref ‖ est)``, ``Σ top-1 agreement``,
-    ``Σ ‖est - ref‖²`` and their number: ``(n, 4)``."""
+    ``Σ ‖est - ref‖²`` and their number: ``(n, 4)``. ``est`` is clipped at ``floor`` and
+    renormalised before the KL and the top-1 (the squared error takes it as it is)."""
     squared = jnp.sum((est - ref) ** 2, axis=-1)
-    est = jnp.clip(est, 0.0, None)
+    est = jnp.clip(est, floor, None)
     est = est / jnp.maximum(jnp.sum(est, axis=-1, keepdims=True), _PROB_FLOOR)
     log_est = jnp.log(jnp.maximum(est, _PROB_FLOOR))
     kl = jnp.sum(jnp.where(ref > 0, ref * (_safe_log(ref) - log_est), 0.0), axis=-1)
@@ -331,14 +338,16 @@ def _agreement_chunk(predict, params, objective, grammar, key, x0, t, train_toke
         include = x_t == process.mask_token  # the loss only scores masked tokens
     else:
         include = jnp.ones(x0.shape, bool)
-    stats = {"bp": _token_stats(ref, est, include)}
+    # the ε-network's implied mean is no distribution: floored (module docstring)
+    floor = EPS_MEAN_FLOOR if isinstance(objective, GaussianEps) else 0.0
+    stats = {"bp": _token_stats(ref, est, include, floor)}
     if train_tokens is not None:
         loglik = process.leaf_log_likelihood(x_t, t)
         marginals, log_evidence = _empirical(train_tokens, loglik, empirical_chunk)
         emp = _empirical_target(objective, marginals, loglik)
         explained = log_evidence > 0.5 * LOG_FLOOR  # some training datum agrees with x_t
         emp_include = include & explained[:, None]
-        stats["emp"] = _token_stats(emp, est, emp_include)
+        stats["emp"] = _token_stats(emp, est, emp_include, floor)
         stats["emp_vs_bp"] = _token_stats(emp, ref, emp_include)  # KL(emp ‖ BP), finite
         stats["explained"] = explained.astype(ref.dtype)
     return stats
@@ -384,7 +393,7 @@ class Agreement(NamedTuple):
 
 def agreement(key, predict, params, objective, grammar: Grammar, x0, times, *,
               train_tokens=None, repeats: int = 1, chunk_size: int = 256,
-              empirical_chunk: int = 512) -> Agreement:
+              empirical_chunk: int | None = None) -> Agreement:
     """Per-t agreement of a predictor with exact BP on the quantity its loss targets.
 
     For each ``t``, every held-out datum is noised ``repeats`` times; the predictor's
@@ -403,7 +412,8 @@ def agreement(key, predict, params, objective, grammar: Grammar, x0, times, *,
       train_tokens: ``(P, d)`` training set: also compare with its empirical posterior.
       repeats: noise draws per datum and time.
       chunk_size: data per compiled call.
-      empirical_chunk: training data per step of the empirical posterior.
+      empirical_chunk: training data per step of the empirical posterior (default: the
+        ``(chunk, empirical_chunk, d)`` log-likelihood gather holds about 2**22 floats).
 
     Returns:
       :class:`Agreement`.
@@ -417,6 +427,8 @@ def agreement(key, predict, params, objective, grammar: Grammar, x0, times, *,
     times = snap_times(objective, times)
     repeats = check_int("repeats", repeats, 1)
     chunk_size = check_int("chunk_size", chunk_size, 1)
+    if empirical_chunk is None:
+        empirical_chunk = max(1, 2**22 // (min(chunk_size, len(x0)) * cfg.d))
     empirical_chunk = check_int("empirical_chunk", empirical_chunk, 1)
     train = None
     if train_tokens is not None:
@@ -798,6 +810,7 @@ class RunComparison(NamedTuple):
     config: Any  # TrainConfig
     step: int
     num_steps: int
+    ema: bool  # the EMA parameters were used
     agreement: Agreement
     losses: LossComparison
     samples: dict  # source -> SampleStats ("network", "bp_chain", "bp_exact")
@@ -919,7 +932,8 @@ def _run_columns(result: RunComparison) -> dict:
             "architecture": config.model.architecture, "width": config.model.width,
             "train_size": P, "online": P is None,
             "P_units": None if P is None else P / P_unit(cfg),
-            "P_over_P_max": None if P is None else P / cfg.P_max, "step": result.step}
+            "P_over_P_max": None if P is None else P / cfg.P_max, "step": result.step,
+            "ema": result.ema}
 
 
 def _stage(bar, text):
@@ -1010,7 +1024,8 @@ def compare_run(run_dir, *, key=None, times=None, n_data: int = 256, n_samples: 
     done()
     if bar is not None:
         bar.close()
-    return RunComparison(str(run_dir), config, run.step, num_steps, agree, losses, samples,
+    return RunComparison(str(run_dir), config, run.step, num_steps,
+                         bool(ema and run.ema_model is not None), agree, losses, samples,
                          network_fb, bp_fb, representation)
 
 
