@@ -111,9 +111,13 @@ def _check_out(path: str, resume: bool, overwrite: bool):
     if resume:
         if not os.path.exists(os.path.join(path, "config.json")):
             raise ValueError(f"--resume: --out = {path!r} holds no run (no config.json)")
-    elif os.path.isdir(path) and os.listdir(path) and not overwrite:
-        raise ValueError(f"--out = {path!r} is not empty: add --resume to continue that run "
-                         "or --overwrite to replace it")
+    elif os.path.isdir(path) and os.listdir(path):
+        if not overwrite:
+            raise ValueError(f"--out = {path!r} is not empty: add --resume to continue that "
+                             "run or --overwrite to replace it")
+        if not os.path.exists(os.path.join(path, "config.json")):
+            raise ValueError(f"--out = {path!r} is not empty and is not a training run "
+                             "folder (no config.json): --overwrite refuses to delete it")
     parent = os.path.dirname(os.path.abspath(path))
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)

@@ -191,8 +191,9 @@ def test_fixed_training_set_is_visited_once_per_epoch_and_disjoint_from_test():
     (dict(model=dict(width=0)), "width = 0 must be >= 1"),
 ])
 def test_bad_training_configurations_are_refused(kwargs, error):
+    kwargs = {"loss": "masked_elbo", **kwargs}
     with pytest.raises((ValueError, TypeError), match=error):
-        _tiny("masked_elbo", **kwargs)
+        _tiny(**kwargs)
 
 
 def test_existing_run_folder_is_not_mixed(tmp_path):
@@ -202,6 +203,11 @@ def test_existing_run_folder_is_not_mixed(tmp_path):
         train(config, tmp_path / "run", progress=False)
     with pytest.raises(ValueError, match="configuration differs .*seed"):
         train(dataclasses.replace(config, seed=1), tmp_path / "run", resume=True, progress=False)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="not a training run folder"):
+        train(config, tmp_path / "other", overwrite=True, progress=False)
+    assert (tmp_path / "other" / "notes.txt").read_text() == "keep me"
 
 
 # ---- sampling -----------------------------------------------------------------------------

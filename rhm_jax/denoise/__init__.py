@@ -6,7 +6,9 @@
 * :mod:`~rhm_jax.denoise.train` — configuration, jitted training steps, evaluation,
   orbax checkpoints, resumable run folders;
 * :mod:`~rhm_jax.denoise.sampling` — reverse diffusion with a trained network, called like
-  the exact samplers of :mod:`rhm_jax.exact`.
+  the exact samplers of :mod:`rhm_jax.exact`;
+* :mod:`~rhm_jax.denoise.compare` — the network against exact BP: per-``t`` agreement,
+  losses against their floors, generated samples, ``P_l(t)``, hidden representations.
 """
 
 from rhm_jax.denoise.models import ModelConfig, Transformer, TreeUNet, build_model

@@ -450,6 +450,9 @@ def train(config: TrainConfig, run_dir, *, resume: bool = False, overwrite: bool
         if not overwrite:
             raise ValueError(f"run_dir = {str(run_dir)!r} is not empty: pass resume=True "
                              "(--resume) to continue it or overwrite=True (--overwrite)")
+        if not (run_dir / "config.json").exists():  # never delete what we did not write
+            raise ValueError(f"run_dir = {str(run_dir)!r} is not empty and is not a training "
+                             "run folder (no config.json): refusing to overwrite it")
         shutil.rmtree(run_dir)
     if mesh is None:
         n_dev = jax.device_count()
