@@ -222,7 +222,7 @@ def _batch(config: TrainConfig, grammar, train_tokens, data_key, step):
     epoch = position // P
     first_epoch = epoch[0]
     orders = [jax.random.permutation(jax.random.fold_in(data_key, first_epoch + i), P)
-              for i in range(1 + (B - 1) // P + 1)]
+              for i in range((B - 1) // P + 2)]
     orders = jnp.stack(orders)  # the epochs this batch can touch
     index = orders[epoch - first_epoch, position % P]
     return train_tokens[index]
@@ -297,7 +297,11 @@ def _evaluate(evaluate, params, test_tokens, config) -> tuple[float, float]:
         rows = []
         for start in range(0, test_tokens.shape[0], chunk):
             x0 = test_tokens[start:start + chunk]
-            rows.append(np.asarray(evaluate(params, x0, jax.random.fold_in(key, start)), np.float64))
+            size = x0.shape[0]
+            if size < chunk:  # pad the tail to the compiled shape (no second compile)
+                x0 = jnp.concatenate([x0, jnp.broadcast_to(x0[:1], (chunk - size,) + x0.shape[1:])])
+            rows.append(np.asarray(evaluate(params, x0, jax.random.fold_in(key, start)),
+                                   np.float64)[:size])
         per_datum.append(np.concatenate(rows))
     per_datum = np.mean(per_datum, axis=0)  # average the repeats per datum first
     return float(per_datum.mean()), float(per_datum.std(ddof=1) / math.sqrt(len(per_datum)))
