@@ -100,6 +100,51 @@ def _set_devices(n):
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
 
 
+#: Environment variable for the CLI's persistent compilation cache: a folder, or ``0`` /
+#: ``off`` to turn the cache off (the ``--no-compile-cache`` flag does the same).
+CACHE_ENV = "RHM_JAX_COMPILE_CACHE"
+
+
+def compile_cache_dir(disabled: bool = False) -> str | None:
+    """The folder of the CLI's persistent XLA compilation cache, or ``None`` for no cache.
+
+    Every command compiles the same programs on every run (one BP program per depth for
+    ``phase``), so the CLI keeps XLA's compiled programs across runs in a user-level folder:
+    ``$RHM_JAX_COMPILE_CACHE`` if set (``0``/``off``/``false``/``no`` turn it off), else
+    ``$XDG_CACHE_HOME/rhm_jax/jax`` (``~/.cache/rhm_jax/jax``). A cache folder already
+    configured (``JAX_COMPILATION_CACHE_DIR``, or ``jax_compilation_cache_dir`` set by the
+    calling program) is kept. Results do not
+    depend on the cache: a cached program is the same compiled program.
+    """
+    if disabled:
+        return None
+    value = os.environ.get(CACHE_ENV)
+    if value is not None:
+        if value.strip().lower() in ("", "0", "off", "false", "no"):
+            return None
+        return os.path.abspath(os.path.expanduser(value))
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return None
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "rhm_jax", "jax")
+
+
+def _enable_compile_cache(folder: str | None) -> None:
+    if folder is None:
+        return
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:  # a read-only home must not stop the job: run uncached
+        print(f"rhm-jax: compilation cache off ({folder}: {err.strerror}); set "
+              f"{CACHE_ENV} to a writable folder", file=sys.stderr)
+        return
+    import jax
+
+    if jax.config.jax_compilation_cache_dir:  # already configured (by the user or a caller)
+        return
+    jax.config.update("jax_compilation_cache_dir", folder)
+
+
 def _sample_host_bytes(cfg, n: int) -> int:
     """Host memory of ``sample``'s files: NumPy copies of everything :func:`sample_data`
     returns, and per token one list slot (8 bytes) and about 3 characters of JSON."""
@@ -180,6 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
     # Each command lives in its own module with an ``add_parser(subparsers, add_config_args)``.
     for name in COMMAND_MODULES:
         importlib.import_module(f"rhm_jax.{name}").add_parser(sub, _add_config_args)
+    for command in sub.choices.values():
+        command.add_argument(
+            "--no-compile-cache", action="store_true",
+            help=f"do not keep compiled programs across runs (default: kept in "
+                 f"~/.cache/rhm_jax/jax, or ${CACHE_ENV}; {CACHE_ENV}=0 also turns it off)")
     return parser
 
 
@@ -190,6 +240,7 @@ def main(argv=None) -> int:
         parser.print_help()
         return 0
     _set_devices(getattr(args, "devices", None))
+    _enable_compile_cache(compile_cache_dir(args.no_compile_cache))
     try:
         return args.func(args)
     except (ValueError, TypeError) as err:  # configuration errors: a clean message
