@@ -24,13 +24,26 @@ def grammar():
 
 
 # ---- architectures ------------------------------------------------------------------------
+def _compiled(net):
+    """``(levels, output)`` of ``net`` as one compiled call (op-by-op dispatch of the same
+    forward pass takes several times longer on the test machine)."""
+    graphdef, params = nnx.split(net)
+
+    @jax.jit
+    def run(params, x, t):
+        net = nnx.merge(graphdef, params)
+        return net.levels(x, t), net(x, t)
+
+    return lambda x, t: run(params, x, t)
+
+
 @pytest.mark.parametrize("s,L", [(2, 3), (3, 2)])
 def test_unet_block_at_depth_l_has_one_position_per_node(s, L):
     cfg = RHMConfig(v=9, m=2, s=s, L=L)
     net = TreeUNet(cfg, ModelConfig(width=8, block_depth=2), num_states=10, rngs=nnx.Rngs(0))
-    levels = net.levels(jnp.zeros((3, cfg.d), jnp.int32), jnp.zeros(3))
+    levels, output = _compiled(net)(jnp.zeros((3, cfg.d), jnp.int32), jnp.zeros(3))
     assert [h.shape[1] for h in levels] == [s**level for level in range(L + 1)]
-    assert net(jnp.zeros((3, cfg.d), jnp.int32), jnp.zeros(3)).shape == (3, cfg.d, cfg.v)
+    assert output.shape == (3, cfg.d, cfg.v)
 
 
 def test_unet_root_sees_every_token_and_leaf_position_j_only_its_subtree():
@@ -39,7 +52,8 @@ def test_unet_root_sees_every_token_and_leaf_position_j_only_its_subtree():
     net = TreeUNet(cfg, ModelConfig(width=8), num_states=5, rngs=nnx.Rngs(1))
     x = jnp.zeros((1, cfg.d), jnp.int32)
     y = x.at[0, cfg.d - 1].set(3)  # change the last token
-    a, b = net.levels(x, jnp.zeros(1)), net.levels(y, jnp.zeros(1))
+    run = _compiled(net)
+    (a, _), (b, _) = run(x, jnp.zeros(1)), run(y, jnp.zeros(1))
     assert not np.allclose(a[0], b[0])  # the root sees it
     np.testing.assert_array_equal(a[1][:, 0], b[1][:, 0])  # the left half does not
     assert not np.allclose(a[1][:, 1], b[1][:, 1])
@@ -135,10 +149,28 @@ def test_a_few_steps_lower_the_held_out_loss(loss, arch):
     assert np.all(np.isfinite(metrics["loss"]))
 
 
-def test_resume_gives_bit_identical_parameters(tmp_path):
-    config = _tiny("masked_elbo", train_size=96, ema_decay=0.9, steps=60, steps_per_call=10,
-                   log_every=10, eval_every=30, checkpoint_every=20)
-    whole = train(config, tmp_path / "whole", progress=False, plot=False)
+def _resume_config():
+    return _tiny("masked_elbo", train_size=96, ema_decay=0.9, steps=60, steps_per_call=10,
+                 log_every=10, eval_every=30, checkpoint_every=20)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """``(folder, Run)`` of one uninterrupted run, trained once for the tests that need a
+    finished run folder (resume compares against it; others check it is never mixed)."""
+    path = tmp_path_factory.mktemp("finished") / "whole"
+    return path, train(_resume_config(), path, progress=False, plot=False)
+
+
+def _snapshot(folder):
+    """Every file under ``folder`` with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_resume_gives_bit_identical_parameters(tmp_path, finished_run):
+    config = _resume_config()
+    whole_dir, whole = finished_run
     train(config, tmp_path / "split", progress=False, plot=False, stop_after=40)
     assert load_run(tmp_path / "split").step == 40
     resumed = train(config, tmp_path / "split", resume=True, progress=False, plot=False)
@@ -153,7 +185,7 @@ def test_resume_gives_bit_identical_parameters(tmp_path):
     for a, b in zip(loaded.grammar.rules, resumed.grammar.rules):
         np.testing.assert_array_equal(a, b)
     rows = [r for r in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
-    whole_rows = (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()
+    whole_rows = (whole_dir / "metrics.jsonl").read_text().splitlines()
     strip = lambda r: {k: v for k, v in __import__("json").loads(r).items() if k != "wall_s"}
     assert [strip(r) for r in rows] == [strip(r) for r in whole_rows]
 
@@ -196,13 +228,14 @@ def test_bad_training_configurations_are_refused(kwargs, error):
         _tiny(**kwargs)
 
 
-def test_existing_run_folder_is_not_mixed(tmp_path):
-    config = _tiny("masked_elbo", steps=30)
-    train(config, tmp_path / "run", progress=False, plot=False)
+def test_existing_run_folder_is_not_mixed(tmp_path, finished_run):
+    config, (run, _) = _resume_config(), finished_run
+    before = _snapshot(run)
     with pytest.raises(ValueError, match="is not empty"):
-        train(config, tmp_path / "run", progress=False)
+        train(config, run, progress=False)
     with pytest.raises(ValueError, match="configuration differs .*seed"):
-        train(dataclasses.replace(config, seed=1), tmp_path / "run", resume=True, progress=False)
+        train(dataclasses.replace(config, seed=1), run, resume=True, progress=False)
+    assert _snapshot(run) == before  # refused before touching the run
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("keep me")
     with pytest.raises(ValueError, match="not a training run folder"):
