@@ -34,6 +34,9 @@ def pytest_configure(config):
     if jax.config.jax_compilation_cache_dir:  # the caller chose a cache: keep it
         return
     _CACHE_DIR = tempfile.mkdtemp(prefix="rhm-jax-test-xla-cache-")
+    # ``rhm-jax`` commands the tests start as subprocesses share it (rather than the user's
+    # ~/.cache/rhm_jax); they run one at a time under this worker
+    os.environ.setdefault("RHM_JAX_COMPILE_CACHE", _CACHE_DIR)
     jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # cache every program
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)  # of any size
