@@ -15,6 +15,12 @@ sampled from the grammar. One JSON row per (task, impl, config, batch) is append
 Implementations (``--impl``):
 
 * ``jax``: the library (:mod:`rhm_jax.bp`), whatever its current formulation.
+* ``reference``: the reference JAX formulation of ``../shared/perf-reference/reference_bp.py``
+  (a comparator kept outside the project and imported from there through ``sys.path``,
+  ``--reference-dir``): symbol-major, batch-last messages, ``lax.map`` over chunks of 8
+  data on one device, and with several devices ``shard_map`` over all of them with chunks
+  of 4 per device (its own defaults). Its evidence is built from the tokens inside, the same
+  ε-process likelihoods as the other rows. Tasks ``marginals`` and ``sample``.
 * ``numpy``: :mod:`rhm_jax.reference` (float64, loops over levels): the hand-written baseline.
 * ``pgmax``: PGMax sum-product BP on the same factor graph, in its own venv
   (``benchmarks/pgmax_bp.py`` through ``--pgmax-python``).
@@ -57,7 +63,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from common import (RUN_ID, OverBudget, base_row, markdown_table, read_rows, compile_jax, finish_row, message_floats, time_calls,
+from common import (RUN_ID, OverBudget, base_row, markdown_table, read_rows, compile_jax, finish_row,
+                    flops_per_datum, machine_peaks, message_floats, time_calls,
                     traffic_bytes_per_datum, write_row)
 from rhm_jax import EpsilonProcess, RHMConfig, bp, sample_data, sample_grammar
 from rhm_jax.grammar import with_inverse_tables
@@ -65,6 +72,9 @@ from rhm_jax.reference import numpy_marginals, numpy_sample_posterior, numpy_upw
 from rhm_jax.sharding import batch_sharding, data_mesh
 
 HERE = Path(__file__).resolve().parent
+#: The reference formulation's folder (outside the project; ``--reference-dir`` or
+#: ``$RHM_PERF_REFERENCE`` to point elsewhere).
+REFERENCE_DIR = Path(os.environ.get("RHM_PERF_REFERENCE", HERE.parent.parent / "shared" / "perf-reference"))
 EPSILON = 0.3
 FULL_CONFIGS = [(32, 8, 2, 9), (32, 8, 2, 12), (8, 4, 3, 5), (64, 16, 2, 8)]
 QUICK_CONFIGS = [(32, 8, 2, 9), (8, 4, 3, 5)]
@@ -73,9 +83,9 @@ VARIANTS = {  # impl -> tasks it implements
     "jax": TASKS, "numpy": TASKS, "pgmax": ("marginals",), "jax-grad-leaf": ("marginals",),
     "jax-bf-onehot": ("marginals", "upward"), "jax-bf-segsum": ("marginals",),
     "jax-bf-store": ("marginals",), "jax-bf-grad": ("marginals",), "jax-bl": TASKS,
-    "jax-chunk64": TASKS,
+    "jax-chunk64": TASKS, "reference": ("marginals", "sample"),
 }
-QUICK_IMPLS = ("jax", "numpy", "pgmax")
+QUICK_IMPLS = ("jax", "reference", "numpy", "pgmax")
 ALTERNATIVES_BATCH = 1024  # the target batch of the issue
 # jax-bf-grad at (32, 8, 2, 9), batch 1024 was OOM-killed at 24 GB RSS (XLA keeps every
 # level's gathered slots for the backward pass), so by default it runs at batch 64 only.
@@ -392,7 +402,7 @@ def _recompiles(task, grammar, loglik) -> int:
     return jitted._cache_size() - before
 
 
-def run_jax(impl, task, grammar, loglik, reference, args, row, traffic):
+def run_jax(impl, task, grammar, loglik, reference, args, row, traffic, flops=None):
     fn, call_args, marginals_of = _jax_case(impl, task, grammar, loglik, jax.random.key(7))
     compiled, compile_s, memory = compile_jax(fn, *call_args)
     row.update(compile_s=compile_s, **memory)
@@ -412,10 +422,54 @@ def run_jax(impl, task, grammar, loglik, reference, args, row, traffic):
         out = marginals_of(compiled(*call_args))
         levels = reference if len(out) == len(reference) else reference[-len(out):]
         row["max_abs_diff"] = _max_diff([x[:len(reference[0])] for x in out], levels)
-    return finish_row(row, timing, traffic)
+    return finish_row(row, timing, traffic, flops, args.peaks)
 
 
-def run_numpy(task, grammar, loglik, reference, args, row, traffic):
+def _reference_module(directory):
+    """``reference_bp`` imported from ``directory`` (outside the project) via ``sys.path``."""
+    if not (Path(directory) / "reference_bp.py").exists():
+        return None
+    if str(directory) not in sys.path:
+        sys.path.insert(0, str(directory))
+    import reference_bp
+
+    return reference_bp
+
+
+def run_reference(task, grammar, tokens, reference, args, row, traffic, flops=None):
+    """The reference formulation (``reference_bp.py``) on the same tokens and likelihoods:
+    chunks of 8 on one device; with several, the batch sharded over all of them (its
+    ``make_sharded_fns``, chunks of 4 per device)."""
+    ref = _reference_module(args.reference_dir)
+    if ref is None:
+        row["skipped"] = f"no reference_bp.py in --reference-dir {str(args.reference_dir)!r}"
+        return row
+    tables = ref.Tables([np.asarray(r) for r in grammar.rules])
+    if jax.device_count() > 1:
+        marg, samp, put = ref.make_sharded_fns(tables, EPSILON)
+        row["implementation"] = f"reference-{jax.device_count()}dev"
+    else:
+        (marg, samp), put = ref.make_chunked_fns(tables, EPSILON), (lambda x: x)
+    x = put(tokens)
+    if task == "sample":
+        fn, call_args = samp, (jax.random.PRNGKey(7), x)
+    else:
+        fn, call_args = marg, (x,)
+    compiled, compile_s, memory = compile_jax(fn, *call_args)
+    row.update(compile_s=compile_s, **memory)
+    try:
+        timing = time_calls(lambda: compiled(*call_args), repeats=args.repeats,
+                            budget_s=args.case_budget_s)
+    except OverBudget as err:
+        row["skipped"] = str(err)
+        return row
+    if task == "marginals" and reference is not None:
+        out = compiled(*call_args)
+        row["max_abs_diff"] = _max_diff([np.asarray(a)[:len(reference[0])] for a in out], reference)
+    return finish_row(row, timing, traffic, flops, args.peaks)
+
+
+def run_numpy(task, grammar, loglik, reference, args, row, traffic, flops=None):
     cfg = grammar.config
     rules = [np.asarray(r) for r in grammar.rules]
     loglik = np.asarray(loglik, np.float64)
@@ -431,7 +485,7 @@ def run_numpy(task, grammar, loglik, reference, args, row, traffic):
         return row
     if task == "marginals" and reference is not None:
         row["max_abs_diff"] = _max_diff([x[:len(reference[0])] for x in fn()[0]], reference)
-    return finish_row(row, timing, traffic)
+    return finish_row(row, timing, traffic, flops, args.peaks)
 
 
 def run_pgmax(grammar, loglik, reference, batches, args, mode):
@@ -467,7 +521,9 @@ def run_pgmax(grammar, loglik, reference, batches, args, mode):
 
 
 def make_inputs(cfg: RHMConfig, batch: int):
-    """The grammar, and a function giving the leaf log-likelihoods of the first ``n`` data.
+    """The grammar, a function giving the leaf log-likelihoods of the first ``n`` data,
+    and the ``(batch, d)`` tokens they come from (for the reference formulation, which
+    builds the same ε-process evidence from tokens itself).
 
     Only the tokens of the largest batch are kept (int32); the float log-likelihoods are
     made per batch, so the process RSS does not carry an unused 8192-datum input.
@@ -475,7 +531,7 @@ def make_inputs(cfg: RHMConfig, batch: int):
     grammar = sample_grammar(jax.random.key(0), cfg)
     tokens = sample_data(jax.random.key(1), grammar, batch).tokens
     process = EpsilonProcess(cfg)
-    return grammar, lambda n: process.leaf_log_likelihood(tokens[:n], EPSILON)
+    return grammar, lambda n: process.leaf_log_likelihood(tokens[:n], EPSILON), tokens
 
 
 def parse_args(argv=None):
@@ -495,6 +551,10 @@ def parse_args(argv=None):
     p.add_argument("--pgmax-python", default=os.environ.get("PGMAX_PYTHON", "/work/.venv-pgmax/bin/python"),
                    help="interpreter of a venv with pgmax installed")
     p.add_argument("--pgmax-timeout-s", type=float, default=600)
+    p.add_argument("--reference-dir", type=Path, default=REFERENCE_DIR,
+                   help="folder holding reference_bp.py (default %(default)s)")
+    p.add_argument("--no-peaks", action="store_true",
+                   help="skip measuring the machine's matmul peak and copy bandwidth")
     p.add_argument("--devices", type=int, default=None,
                    help="emulate N CPU devices and shard the jax batch over them (one per core)")
     p.add_argument("--table", metavar="JSONL", help="only print a markdown table of JSONL's rows")
@@ -518,11 +578,15 @@ def main(argv=None):
         return
     mode = "quick" if args.quick else "full"
     start = time.perf_counter()
+    args.peaks = None if args.no_peaks else machine_peaks()
+    if args.peaks:
+        print(f"machine: matmul {args.peaks['matmul_gflops']:.0f} GFLOP/s, copy "
+              f"{args.peaks['copy_gbps']:.1f} GB/s on {args.peaks['peak_devices']} device(s)", flush=True)
     seconds_per_datum = {}  # (impl, task, config) -> from the last batch, to skip hopeless ones
     for v, m, s, L in args.configs:
         cfg = RHMConfig(v=v, m=m, s=s, L=L)
         config = dict(v=v, m=m, s=s, L=L, n_classes=cfg.n_classes)
-        grammar, leaf_log_likelihood = make_inputs(
+        grammar, leaf_log_likelihood, tokens = make_inputs(
             cfg, max(args.batches + args.numpy_batches + args.pgmax_batches))
         # Reference marginals of the first 16 data (float64 NumPy), compared with every impl.
         reference = numpy_marginals([np.asarray(r) for r in grammar.rules], cfg.n_classes,
@@ -546,6 +610,7 @@ def main(argv=None):
                         row["implementation"] = f"jax-{jax.device_count()}dev"
                     itemsize = 8 if impl == "numpy" else 4
                     traffic = traffic_bytes_per_datum(task, v, m, s, L, cfg.n_classes, itemsize)
+                    flops = flops_per_datum(task, v, m, s, L, cfg.n_classes)
                     estimate = _estimate_bytes(impl, task, cfg, batch)
                     per_datum = seconds_per_datum.get((impl, task, (v, m, s, L)))
                     if estimate > args.max_gb * 1e9:
@@ -556,9 +621,13 @@ def main(argv=None):
                     else:
                         loglik = leaf_log_likelihood(batch)
                         if impl == "numpy":
-                            row = run_numpy(task, grammar, loglik, reference, args, row, traffic)
+                            row = run_numpy(task, grammar, loglik, reference, args, row, traffic, flops)
+                        elif impl == "reference":
+                            row = run_reference(task, grammar, tokens[:batch], reference, args, row,
+                                                traffic, flops)
                         else:
-                            row = run_jax(impl, task, grammar, loglik, reference, args, row, traffic)
+                            row = run_jax(impl, task, grammar, loglik, reference, args, row, traffic,
+                                          flops)
                         if "median_s" in row:
                             seconds_per_datum[(impl, task, (v, m, s, L))] = row["median_s"] / batch
                     write_row(args.out, row)

@@ -212,6 +212,74 @@ def traffic_bytes_per_datum(task: str, v: int, m: int, s: int, L: int, n_classes
             "gathered_bytes_per_datum": gathered * itemsize}
 
 
+def flops_per_datum(task: str, v: int, m: int, s: int, L: int, n_classes: int) -> float:
+    """Floating-point operations per datum of exact BP (the work model of the roofline).
+
+    One *rule slot* is a (node, parent symbol ``a``, rule ``psi``) triple; level ``l`` has
+    ``s**l * n_l * m`` of them. The upward message of a node needs, per slot, the product
+    of its ``s`` child entries and one add into the sum over ``psi``: ``s`` FLOPs, so one
+    upward pass costs ``U = s * Σ_l s**l n_l m``. The downward message of child ``k``
+    needs, per slot, the parent's entry times the ``s - 1`` other children (``s - 1``
+    multiplies) and one add: ``s`` FLOPs per slot and child, ``s * U`` in all. Normalising
+    a message costs 2 FLOPs per entry (a sum and a divide); a marginal ``u * w`` then
+    normalised, 3. The sampler's top-down pass costs per node ``m (s - 1)`` multiplies for
+    the rule weights and ``m`` adds for their CDF. Leaf messages (an ``exp`` per entry)
+    are counted as one FLOP per entry. Padding, index arithmetic and the comparisons of
+    the CDF inversion are not counted: this is the useful work, a lower bound.
+    """
+    sizes = message_floats(v, m, s, L, n_classes)
+    slots = [s**level * (n_classes if level == 0 else v) * m for level in range(L)]
+    upward = s * sum(slots) + 2 * sum(sizes[:-1]) + sizes[-1]
+    if task == "upward":
+        return float(upward)
+    if task == "marginals":
+        return float(upward + s * s * sum(slots) + 2 * sum(sizes[1:]) + 3 * sum(sizes))
+    if task == "sample":
+        return float(upward + sum(s**level * m * s for level in range(L)))
+    raise ValueError(f"task = {task!r} must be upward, marginals or sample")
+
+
+def machine_peaks(repeats: int = MIN_REPEATS, matmul_n: int = 1024,
+                  copy_mb_per_device: int = 256) -> dict:
+    """This machine's matmul peak (GFLOP/s) and copy bandwidth (GB/s), measured now on
+    every local JAX device at once (so a run's rows can be scaled by the peaks of the
+    same minutes, and runs of different days compared as fractions).
+
+    Matmul: a float32 ``(n, n) @ (n, n)`` per device (a batch of them sharded one per
+    device), ``2 n**3`` FLOPs each. Copy: ``x + 1`` in place (the input buffer donated,
+    so no fresh pages are touched) on ``copy_mb_per_device`` MB per device, far beyond
+    the caches; bytes = read + write. Medians of ``repeats`` calls after a warm-up.
+    """
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    devices = jax.local_devices()
+    mesh = jax.sharding.Mesh(np.array(devices), ("d",))
+    split = NamedSharding(mesh, PartitionSpec("d"))
+
+    def median_s(fn, state):
+        state = block(fn(state))
+        times = []
+        for _ in range(max(repeats, MIN_REPEATS)):
+            start = time.perf_counter()
+            state = block(fn(state))
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    a = jax.device_put(jnp.ones((len(devices), matmul_n, matmul_n), jnp.float32) / matmul_n, split)
+    matmul = jax.jit(lambda x: jnp.matmul(x, x, precision=jax.lax.Precision.HIGHEST))
+    seconds = median_s(matmul, a)
+    gflops = 2 * matmul_n**3 * len(devices) / seconds / 1e9
+    floats = copy_mb_per_device * 2**20 // 4
+    x = jax.device_put(jnp.zeros((len(devices), floats), jnp.float32), split)
+    add = jax.jit(lambda y: y + 1, donate_argnums=0)
+    seconds = median_s(add, x)
+    gbps = 2 * 4 * floats * len(devices) / seconds / 1e9
+    return {"matmul_gflops": gflops, "copy_gbps": gbps, "peak_devices": len(devices),
+            "matmul_n": matmul_n, "copy_mb_per_device": copy_mb_per_device}
+
+
 # ---- rows ---------------------------------------------------------------------------------
 def base_row(*, task: str, impl: str, config: dict, batch: int, mode: str) -> dict:
     info = device_info()
@@ -221,8 +289,11 @@ def base_row(*, task: str, impl: str, config: dict, batch: int, mode: str) -> di
             "versions": versions()}
 
 
-def finish_row(row: dict, timing: dict | None, traffic: dict | None) -> dict:
-    """Adds data/s and achieved GB/s (from the median) to a timed row."""
+def finish_row(row: dict, timing: dict | None, traffic: dict | None,
+               flops: float | None = None, peaks: dict | None = None) -> dict:
+    """Adds data/s and achieved GB/s (from the median) to a timed row; with ``flops`` per
+    datum (:func:`flops_per_datum`) the achieved GFLOP/s, and with the run's
+    :func:`machine_peaks` both as fractions of the machine's matmul peak and copy bandwidth."""
     if timing:
         row.update(timing)
         row["data_per_s"] = row["batch"] / timing["median_s"]
@@ -230,6 +301,15 @@ def finish_row(row: dict, timing: dict | None, traffic: dict | None) -> dict:
             row.update(traffic)
             row["achieved_gb_per_s"] = traffic["message_bytes_per_datum"] * row["data_per_s"] / 1e9
             row["gathered_gb_per_s"] = traffic["gathered_bytes_per_datum"] * row["data_per_s"] / 1e9
+        if flops:
+            row["flops_per_datum"] = flops
+            row["achieved_gflop_per_s"] = flops * row["data_per_s"] / 1e9
+        if peaks:
+            row["machine"] = peaks
+            if flops:
+                row["fraction_of_matmul_peak"] = row["achieved_gflop_per_s"] / peaks["matmul_gflops"]
+            if traffic:
+                row["fraction_of_copy_bandwidth"] = row["achieved_gb_per_s"] / peaks["copy_gbps"]
     return row
 
 
@@ -245,6 +325,9 @@ def write_row(path: str | os.PathLike | None, row: dict) -> None:
                     f"rss {row.get('peak_rss_mb', 0):7.0f} MB")
         if row.get("max_abs_diff") is not None:
             summary += f"  diff {row['max_abs_diff']:.1e}"
+        if row.get("fraction_of_matmul_peak") is not None:
+            summary += (f"  {100 * row['fraction_of_matmul_peak']:.2f}% matmul peak, "
+                        f"{100 * row.get('fraction_of_copy_bandwidth', float('nan')):.1f}% copy bw")
     print(summary, flush=True)
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
