@@ -402,19 +402,29 @@ def _recompiles(task, grammar, loglik) -> int:
     return jitted._cache_size() - before
 
 
-def run_jax(impl, task, grammar, loglik, reference, args, row, traffic, flops=None):
-    fn, call_args, marginals_of = _jax_case(impl, task, grammar, loglik, jax.random.key(7))
+def _compile_and_time(fn, call_args, args, row):
+    """``(compiled, timing)``, or ``(None, None)`` with ``row["skipped"]`` saying why (XLA
+    buffers above ``--max-gb``, or over the case budget). Compile time and memory go in
+    ``row``."""
     compiled, compile_s, memory = compile_jax(fn, *call_args)
     row.update(compile_s=compile_s, **memory)
     xla_bytes = sum(memory.values()) * 2**20 if memory else 0
     if xla_bytes > args.max_gb * 1e9:
         row["skipped"] = f"XLA buffers {xla_bytes / 1e9:.1f} GB > {args.max_gb} GB"
-        return row
+        return None, None
     try:
         timing = time_calls(lambda: compiled(*call_args), repeats=args.repeats,
                             budget_s=args.case_budget_s)
     except OverBudget as err:
         row["skipped"] = str(err)
+        return None, None
+    return compiled, timing
+
+
+def run_jax(impl, task, grammar, loglik, reference, args, row, traffic, flops=None):
+    fn, call_args, marginals_of = _jax_case(impl, task, grammar, loglik, jax.random.key(7))
+    compiled, timing = _compile_and_time(fn, call_args, args, row)
+    if compiled is None:
         return row
     if impl == "jax":
         row["recompiles_on_repeat"] = _recompiles(task, grammar, loglik)
@@ -455,13 +465,8 @@ def run_reference(task, grammar, tokens, reference, args, row, traffic, flops=No
         fn, call_args = samp, (jax.random.PRNGKey(7), x)
     else:
         fn, call_args = marg, (x,)
-    compiled, compile_s, memory = compile_jax(fn, *call_args)
-    row.update(compile_s=compile_s, **memory)
-    try:
-        timing = time_calls(lambda: compiled(*call_args), repeats=args.repeats,
-                            budget_s=args.case_budget_s)
-    except OverBudget as err:
-        row["skipped"] = str(err)
+    compiled, timing = _compile_and_time(fn, call_args, args, row)
+    if compiled is None:
         return row
     if task == "marginals" and reference is not None:
         out = compiled(*call_args)
