@@ -46,6 +46,20 @@ def test_unet_block_at_depth_l_has_one_position_per_node(s, L):
     assert output.shape == (3, cfg.d, cfg.v)
 
 
+@pytest.mark.parametrize("mlp_levels", [None, 0, 2, 9])
+def test_unet_mlps_sit_only_on_levels_below_mlp_levels(mlp_levels):
+    cfg = RHMConfig(v=4, m=2, s=2, L=3)
+    net = TreeUNet(cfg, ModelConfig(width=8, block_depth=2, mlp_levels=mlp_levels),
+                   num_states=5, rngs=nnx.Rngs(0))
+    on = lambda level: mlp_levels is None or level < mlp_levels
+    # leaves (level L), down blocks to levels L-1..0, up blocks to levels 1..L
+    assert len(net.leaf_mlps) == 2 * on(cfg.L)
+    assert [len(b) for b in net.down_mlps] == [2 * on(l) for l in range(cfg.L - 1, -1, -1)]
+    assert [len(b) for b in net.up_mlps] == [2 * on(l) for l in range(1, cfg.L + 1)]
+    _, output = _compiled(net)(jnp.zeros((3, cfg.d), jnp.int32), jnp.zeros(3))
+    assert output.shape == (3, cfg.d, cfg.v)
+
+
 def test_unet_root_sees_every_token_and_leaf_position_j_only_its_subtree():
     # the down path is a tree: the depth-1 node 0 depends on tokens 0..d/s-1 only
     cfg = RHMConfig(v=4, m=2, s=2, L=3)
@@ -125,6 +139,19 @@ def _tiny(loss, arch="unet", **kw):
                 log_every=30, eval_every=30, checkpoint_every=30)
     base.update(kw)
     return TrainConfig(**base)
+
+
+def test_held_out_loss_does_not_depend_on_the_training_batch_size(grammar):
+    """Same test set, seed and repeats: the same held-out masks, whatever the batch size
+    (a tail chunk included: 600 = 512 + 88)."""
+    from rhm_jax.denoise.train import bp_floor
+
+    floors = []
+    for batch_size in (16, 256):
+        config = _tiny("masked_elbo", test_size=600, batch_size=batch_size)
+        _, test_tokens = _datasets(config, grammar)
+        floors.append(bp_floor(config, grammar, test_tokens))
+    assert floors[0] == floors[1]
 
 
 @pytest.mark.parametrize("arch", ["unet", "transformer"])
@@ -221,6 +248,7 @@ def test_fixed_training_set_is_visited_once_per_epoch_and_disjoint_from_test():
     (dict(model=dict(architecture="transformer", width=30, num_heads=4)), "multiple of num_heads"),
     (dict(model=dict(architecture="mlp")), "architecture = 'mlp' must be one of"),
     (dict(model=dict(width=0)), "width = 0 must be >= 1"),
+    (dict(model=dict(mlp_levels=-1)), "mlp_levels = -1 must be >= 0"),
 ])
 def test_bad_training_configurations_are_refused(kwargs, error):
     kwargs = {"loss": "masked_elbo", **kwargs}

@@ -289,9 +289,26 @@ def _eval_keys(config):
             for r in range(config.eval_repeats)]
 
 
+#: Test data per evaluation call. Fixed, so that the held-out noise (one key per chunk,
+#: and ``t`` stratified within a chunk) depends only on the test set, ``seed`` and
+#: ``eval_repeats``: runs that differ in their batch size are scored on the same masks.
+EVAL_CHUNK = 512
+
+
 def _evaluate(evaluate, params, test_tokens, config) -> tuple[float, float]:
     """Mean held-out loss (nats per sequence) and its standard error, fixed noise keys."""
-    chunk = min(config.test_size, 4 * config.batch_size)
+    per_datum = _per_datum_loss(evaluate, params, test_tokens, config)
+    return _mean_se(per_datum)
+
+
+def _mean_se(x: np.ndarray) -> tuple[float, float]:
+    return float(x.mean()), float(x.std(ddof=1) / math.sqrt(len(x)))
+
+
+def _per_datum_loss(evaluate, params, test_tokens, config) -> np.ndarray:
+    """Held-out loss of every test datum (nats), averaged over the ``eval_repeats`` fixed
+    noise draws."""
+    chunk = min(config.test_size, EVAL_CHUNK)
     per_datum = []
     for r, key in enumerate(_eval_keys(config)):
         rows = []
@@ -303,15 +320,18 @@ def _evaluate(evaluate, params, test_tokens, config) -> tuple[float, float]:
             rows.append(np.asarray(evaluate(params, x0, jax.random.fold_in(key, start)),
                                    np.float64)[:size])
         per_datum.append(np.concatenate(rows))
-    per_datum = np.mean(per_datum, axis=0)  # average the repeats per datum first
-    return float(per_datum.mean()), float(per_datum.std(ddof=1) / math.sqrt(len(per_datum)))
+    return np.mean(per_datum, axis=0)  # average the repeats per datum first
 
 
 def bp_floor(config: TrainConfig, grammar, test_tokens) -> tuple[float, float]:
     """The held-out loss with exact BP in the network's place (same data and noise keys)."""
+    return _mean_se(_bp_per_datum(config, grammar, test_tokens))
+
+
+def _bp_per_datum(config: TrainConfig, grammar, test_tokens) -> np.ndarray:
     objective = config.objective()
     evaluate = jax.jit(lambda x0, key: objective.loss(objective.bp_predictor(grammar), key, x0)[0])
-    return _evaluate(lambda params, x0, key: evaluate(x0, key), None, test_tokens, config)
+    return _per_datum_loss(lambda params, x0, key: evaluate(x0, key), None, test_tokens, config)
 
 
 # ---- run folders and checkpoints ----------------------------------------------------------
@@ -491,7 +511,8 @@ def train(config: TrainConfig, run_dir, *, resume: bool = False, overwrite: bool
     state, train_tokens = jax.device_put((state, train_tokens), replicated(mesh))
     run_steps = make_train_steps(config, graphdef, grammar, mesh)
     evaluate = make_eval(config, graphdef)
-    floor, floor_se = bp_floor(config, grammar, test_tokens)
+    floor_per_datum = _bp_per_datum(config, grammar, test_tokens)
+    floor, floor_se = _mean_se(floor_per_datum)
     d = config.rhm_config.d
     to_bits = 1.0 / (d * LN2)
     entropy_bits = config.rhm_config.log_P_max * to_bits
@@ -503,9 +524,17 @@ def train(config: TrainConfig, run_dir, *, resume: bool = False, overwrite: bool
         for name, params in (("", state.params), ("ema_", state.ema)):
             if params is None:
                 continue
-            mean, se = _evaluate(evaluate, params, test_tokens, config)
+            per_datum = _per_datum_loss(evaluate, params, test_tokens, config)
+            mean, se = _mean_se(per_datum)
             row[f"{name}loss_bits_per_token"] = mean * to_bits
             row[f"{name}loss_se"] = se * to_bits
+            # The network's excess over BP on the same data and noise: the paired
+            # difference has a far smaller error than either loss, and its expectation
+            # is exactly the network's expected loss minus the floor (the entropy, for
+            # masking).
+            excess, excess_se = _mean_se(per_datum - floor_per_datum)
+            row[f"{name}excess_bits_per_token"] = excess * to_bits
+            row[f"{name}excess_se"] = excess_se * to_bits
         return row
 
     start_step = int(state.step)
