@@ -39,6 +39,9 @@ def add_parser(subparsers, add_config_args):
     p.add_argument("--arch", default="unet", choices=["unet", "transformer"])
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--block-depth", type=int, default=1, help="U-Net MLPs per block")
+    p.add_argument("--mlp-levels", type=int, default=None,
+                   help="U-Net: MLPs only on levels l < N, the root being level 0 "
+                        "(default: every level)")
     p.add_argument("--norm", default="layer", choices=["layer", "rms", "none"])
     p.add_argument("--num-layers", type=int, default=None, help="transformer blocks")
     p.add_argument("--num-heads", type=int, default=4)
@@ -73,7 +76,8 @@ def config_from_args(args):
     values = {name: defaults[name] if getattr(args, name) is None else getattr(args, name)
               for name in DEFAULTS}
     tc = {"auto": None, "on": True, "off": False}[args.time_conditioning]
-    flags = {"width": "--width", "block_depth": "--block-depth", "num_layers": "--num-layers",
+    flags = {"width": "--width", "block_depth": "--block-depth", "mlp_levels": "--mlp-levels",
+             "num_layers": "--num-layers",
              "num_heads": "--num-heads", "steps": "--steps", "batch_size": "--batch-size",
              "test_size": "--test-size", "train_size": "--train-size", "learning_rate": "--lr",
              "warmup_steps": "--warmup-steps", "weight_decay": "--weight-decay",
@@ -84,7 +88,8 @@ def config_from_args(args):
              "s": "--s", "L": "--L", "n_classes": "--n-classes"}
     try:
         model = ModelConfig(architecture=args.arch, width=values["width"],
-                            block_depth=args.block_depth, norm=args.norm,
+                            block_depth=args.block_depth, mlp_levels=args.mlp_levels,
+                            norm=args.norm,
                             num_layers=values["num_layers"], num_heads=args.num_heads,
                             positions=args.positions, time_conditioning=tc)
         return TrainConfig(

@@ -46,6 +46,10 @@ class ModelConfig:
       width: channels of every block (U-Net) or model dimension (transformer).
       block_depth: U-Net only: position-wise residual MLP layers after each down/up
         convolution (0 = the convolution alone).
+      mlp_levels: U-Net only: put those MLPs only on the levels nearest the root,
+        ``l < mlp_levels`` (``None``: on every level, leaves included). Level ``l`` has
+        ``s**l`` positions, so the MLPs of the lowest levels are most of the cost of a
+        step, while the levels near the root are the hardest to learn.
       norm: ``"layer"``, ``"rms"`` or ``"none"``.
       num_layers: transformer blocks.
       num_heads: attention heads (must divide ``width``).
@@ -59,6 +63,7 @@ class ModelConfig:
     architecture: str = "unet"
     width: int = 128
     block_depth: int = 1
+    mlp_levels: int | None = None
     norm: str = "layer"
     num_layers: int = 4
     num_heads: int = 4
@@ -76,6 +81,8 @@ class ModelConfig:
         for name, minimum in (("width", 1), ("block_depth", 0), ("num_layers", 1),
                               ("num_heads", 1), ("mlp_ratio", 1)):
             object.__setattr__(self, name, check_int(name, getattr(self, name), minimum))
+        if self.mlp_levels is not None:
+            object.__setattr__(self, "mlp_levels", check_int("mlp_levels", self.mlp_levels, 0))
         if self.time_conditioning is not None:
             object.__setattr__(self, "time_conditioning",
                                check_bool("time_conditioning", self.time_conditioning))
@@ -171,7 +178,7 @@ class TreeUNet(nnx.Module):
 
     Down path: embedding at level ``L`` (``s**L`` positions), then for ``l = L-1 .. 0`` a
     tree convolution to ``s**l`` positions (one per node of level ``l``) followed by
-    ``block_depth`` residual MLPs. Up path: the mirror image, adding the down path's
+    ``block_depth`` residual MLPs (only on levels ``l < mlp_levels`` when that is set). Up path: the mirror image, adding the down path's
     activations at each level (skip connections), then a readout to ``v`` logits.
 
     :meth:`levels` returns the down path's activations per level (used to compare hidden
@@ -194,15 +201,17 @@ class TreeUNet(nnx.Module):
         self.L = config.L
         self.input = _Input(num_states, config.v, w, tc, rngs)
 
-        def mlps():
+        def mlps(level):
+            on = model.mlp_levels is None or level < model.mlp_levels
             return nnx.List([_ResidualMLP(w, 2 * w, model.norm, tc, rngs)
-                             for _ in range(model.block_depth)])
+                             for _ in range(model.block_depth if on else 0)])
 
-        self.leaf_mlps = mlps()
-        self.down = nnx.List([_TreeConv(s, w, model.norm, False, rngs) for _ in range(config.L)])
-        self.down_mlps = nnx.List([mlps() for _ in range(config.L)])
-        self.up = nnx.List([_TreeConv(s, w, model.norm, True, rngs) for _ in range(config.L)])
-        self.up_mlps = nnx.List([mlps() for _ in range(config.L)])
+        L = config.L
+        self.leaf_mlps = mlps(L)
+        self.down = nnx.List([_TreeConv(s, w, model.norm, False, rngs) for _ in range(L)])
+        self.down_mlps = nnx.List([mlps(L - 1 - i) for i in range(L)])  # levels L-1 .. 0
+        self.up = nnx.List([_TreeConv(s, w, model.norm, True, rngs) for _ in range(L)])
+        self.up_mlps = nnx.List([mlps(i + 1) for i in range(L)])  # levels 1 .. L
         self.out_norm = _norm(model.norm, w, rngs)
         self.readout = nnx.Linear(w, config.v, rngs=rngs)
 
