@@ -595,6 +595,7 @@ def plot_loss_curve(metrics_path, out_path):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     from rhm_jax.io import read_jsonl
 
@@ -606,11 +607,14 @@ def plot_loss_curve(metrics_path, out_path):
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     for ax, x_key, label in ((axes[0], "data_seen", "training data seen"),
                              (axes[1], "wall_s", "wall time (s)")):
+        # data seen on a log axis, which has no place for the untrained network's row
+        shown = (lambda r: r[x_key] > 0) if x_key == "data_seen" else (lambda r: True)
         if train_rows:
-            ax.plot([r[x_key] for r in train_rows], [r["loss_bits_per_token"] for r in train_rows],
+            ax.plot([r[x_key] for r in train_rows if shown(r)],
+                    [r["loss_bits_per_token"] for r in train_rows if shown(r)],
                     color="0.7", lw=1, label="train (batch mean)")
         for prefix, color, name in (("", "C0", "test"), ("ema_", "C1", "test, EMA")):
-            pts = [r for r in test if f"{prefix}loss_bits_per_token" in r]
+            pts = [r for r in test if f"{prefix}loss_bits_per_token" in r and shown(r)]
             if pts:
                 ax.errorbar([r[x_key] for r in pts], [r[f"{prefix}loss_bits_per_token"] for r in pts],
                             yerr=[r[f"{prefix}loss_se"] for r in pts], color=color, marker="o",
@@ -620,8 +624,9 @@ def plot_loss_curve(metrics_path, out_path):
         ax.axhline(test[-1]["entropy_bits_per_token"], color="k", ls=":", lw=1,
                    label=r"entropy $\log_2 P_{max}/d$")
         ax.set_xlabel(label)
-        if x_key == "data_seen":
-            ax.set_xscale("symlog", linthresh=max(1, test[1]["data_seen"] if len(test) > 1 else 1))
+        if x_key == "data_seen" and any(shown(r) for r in test + train_rows):
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     axes[0].set_ylabel("loss (bits per token)")
     lo = min(test[-1]["floor_bits_per_token"], test[-1]["entropy_bits_per_token"])
     last = [r.get("loss_bits_per_token", lo) for r in test]
