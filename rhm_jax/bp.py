@@ -472,21 +472,23 @@ def _evidence_faults(loglik: jax.Array):
 def _any_evidence_fault(loglik: jax.Array) -> jax.Array:
     """False when no datum can have a fault of :func:`_evidence_faults` (a fast pass).
 
-    ``x * 0`` is NaN exactly for a NaN or an infinite ``x`` and a NaN survives every sum,
-    so summing it over the token axis flags every NaN and ``+inf`` (and ``-inf``, legal:
-    the full search then clears it). Each datum's largest entry below
-    ``float max / (2 d)`` rules out an overflow of the sum of its ``d`` per-token maxima
-    (with room for rounding). Both are vectorised reductions (10-15 ms for 1024 data at
-    (32, 8, 2, 9)), where the full search (several passes, arg-maxes) ran 90 ms on every
-    call: about a third of the marginals and half of a posterior sample. (Arithmetic, not
-    compare-and-select: XLA:CPU's vectorised max drops NaNs, and a select inside the
-    sum made it as slow as the full search.)
+    A datum's plain sum is NaN if it holds a NaN, or ``+inf`` and ``-inf`` together, and
+    ``+inf`` if it holds ``+inf`` (or finite values that overflow): neither can cancel.
+    ``-inf`` alone (an impossible symbol, legal: one-hot and masking evidence are full of
+    them) leaves a sum of ``-inf``, so such evidence stays on the fast path. Each datum's
+    largest entry below ``float max / (2 d)`` rules out an overflow of the sum of its
+    ``d`` per-token maxima (with room for rounding). Both are vectorised reductions
+    (10-15 ms for 1024 data at (32, 8, 2, 9)), where the full search (several passes,
+    arg-maxes) ran 90 ms on every call: about a third of the marginals and half of a
+    posterior sample. (Arithmetic, not compare-and-select: XLA:CPU's vectorised max drops
+    NaNs, and a select inside the sum made it as slow as the full search.) A flag only
+    sends the batch to the full search, which decides.
     """
     n, d = loglik.shape[:2]
-    poison = jnp.sum(loglik * 0, axis=1)
+    total = jnp.sum(loglik.reshape(n, -1), axis=1)
     peaks = jnp.max(loglik.reshape(n, -1), axis=1)
     bound = jnp.finfo(loglik.dtype).max / (2 * d)
-    return jnp.any(jnp.isnan(poison)) | jnp.any(peaks >= bound)
+    return jnp.any(jnp.isnan(total) | (total == jnp.inf)) | jnp.any(peaks >= bound)
 
 
 def _check_evidence_values(loglik: jax.Array) -> None:
