@@ -55,8 +55,9 @@ def add_parser(subparsers, add_config_args):
     p.add_argument("--n-samples", type=integer_flag("--n-samples", 1), default=None,
                    help="sequences generated from pure noise (default 256; quick 32)")
     p.add_argument("--num-steps", type=integer_flag("--num-steps", 1), default=None,
-                   help="reverse steps (default: the schedule's T, 16·d for masking; quick "
-                        "at most 32)")
+                   help="reverse steps on a uniform time grid (default: for masking, one "
+                        "token at a time, exact with exact marginals; the schedule's T for "
+                        "uniform; quick at most 32)")
     p.add_argument("--repeats", type=integer_flag("--repeats", 1), default=1,
                    help="noise draws per held-out datum (default %(default)s)")
     p.add_argument("--ema", action="store_true", help="use the runs' EMA parameters")
@@ -132,13 +133,15 @@ def _num_steps(args, config):
     if args.num_steps is not None:
         return args.num_steps
     steps = default_num_steps(config.objective(), config.rhm_config.d)
+    if steps is None:  # masking: one token at a time, d steps
+        return None
     return min(steps, QUICK["max_steps"]) if args.quick else steps
 
 
 def _compare(args, folder, configs, times, n_data, n_samples) -> int:
     import jax
 
-    from rhm_jax.denoise.compare import compare_run, sweep_table
+    from rhm_jax.denoise.compare import compare_run, sampler_name, sweep_table
     from rhm_jax.io import environment, write_jsonl
 
     start = time.time()
@@ -174,6 +177,7 @@ def _compare(args, folder, configs, times, n_data, n_samples) -> int:
                    "bp_chain": not args.no_bp_chain, "seed": args.seed,
                    "quick": bool(args.quick)},
         "runs": [{"run": str(r.run_dir), "step": r.step, "num_steps": r.num_steps,
+                  "sampler": sampler_name(r.num_steps),
                   "train_config": r.config.to_dict()} for r in results],
         "wall_seconds": round(wall, 3), "environment": environment()})
     print(f"wrote {len(rows)} rows, {len(table)} summary rows and figures to {out}/ in "

@@ -144,6 +144,80 @@ def test_exact_rhm_samples_are_valid_at_every_level_and_random_ones_as_enumerati
     assert stats.valid[-1] == 1.0 and np.all(np.diff(stats.valid) >= 0)
 
 
+def _datum_index(tokens, all_data):
+    """Index of each row in ``all_data``, -1 for a sequence no tree generates."""
+    index = {row.tobytes(): i for i, row in enumerate(np.asarray(all_data, np.int32))}
+    return np.array([index.get(row.tobytes(), -1) for row in np.asarray(tokens, np.int32)])
+
+
+def _chi2_bound(df, p=1e-4):
+    from scipy.stats import chi2
+
+    return chi2.ppf(1.0 - p, df)
+
+
+def test_first_hit_chain_with_bp_is_an_exact_posterior_draw(grammar, all_data):
+    """Masking's one-token-at-a-time chain with BP's marginals draws exactly from
+    ``p(x0 | x_t)``: from all masks every one of the P_max data equally often, from a partly
+    masked ``x_t`` the data that agree with its tokens equally often (chi-square at
+    p = 1e-4). The grid chain with as many steps (d) gives invalid sequences from all masks:
+    the test has power."""
+    from rhm_jax.denoise.sampling import first_hit_chain
+
+    objective = make_objective("masked_elbo", CFG)
+    mask = objective.process.mask_token
+    predict = objective.bp_predictor(compare.with_inverse_tables(grammar))
+    n = 16 * CFG.P_max
+    first_hit = jax.jit(lambda k, x, t: first_hit_chain(predict, objective, k, x, t))
+    x_1 = jnp.full((n, CFG.d), mask, jnp.int32)
+    idx = _datum_index(first_hit(jax.random.key(20), x_1, jnp.ones(n)), all_data)
+    assert np.all(idx >= 0)
+    counts = np.bincount(idx, minlength=CFG.P_max)
+    expected = n / CFG.P_max
+    assert np.sum((counts - expected) ** 2 / expected) < _chi2_bound(CFG.P_max - 1)
+
+    keep = np.arange(CFG.d) % 4 == 1  # positions 1 and 5 observed
+    datum = all_data[37]
+    x_t = jnp.broadcast_to(jnp.where(jnp.asarray(keep), datum, mask), (n, CFG.d))
+    idx = _datum_index(first_hit(jax.random.key(21), x_t, jnp.full((n,), 0.75)), all_data)
+    support = np.flatnonzero(np.all(all_data[:, keep] == datum[keep], axis=1))
+    assert np.all(np.isin(idx, support)) and len(support) > 8
+    counts = np.bincount(idx, minlength=CFG.P_max)[support]
+    expected = n / len(support)
+    assert np.sum((counts - expected) ** 2 / expected) < _chi2_bound(len(support) - 1)
+
+    grid = jax.jit(lambda k: compare.reverse_chain(predict, objective, k, x_1, jnp.ones(n),
+                                                   CFG.d))(jax.random.key(22))
+    assert np.mean(_datum_index(grid, all_data) < 0) > 0.05
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_first_hit_chain_unmasks_at_the_forward_process_masking_times(schedule):
+    """A predictor that answers token 0 after time 0.3 and token 1 before it: from all masks
+    at t = 1, a token is revealed after 0.3 exactly when it was masked after 0.3 in the
+    forward process, with probability α(0.3) — a binomial test of the chain's times (for the
+    cosine schedule, of the inverse of α by bisection)."""
+    from rhm_jax.denoise.sampling import first_hit_chain
+    from rhm_jax.schedules import Cosine, LinearAlphaBar
+
+    sched = LinearAlphaBar() if schedule == "linear" else Cosine()
+    objective = make_objective("masked_elbo", CFG, schedule=sched)
+    late, early = (jnp.array([0.0, -1e9, -1e9, -1e9]), jnp.array([-1e9, 0.0, -1e9, -1e9]))
+
+    def predict(x, t):
+        return jnp.where((t > 0.3)[:, None, None], late, early) + jnp.zeros(x.shape + (CFG.v,))
+
+    n = 2000
+    x_1 = jnp.full((n, CFG.d), objective.process.mask_token, jnp.int32)
+    out = np.asarray(jax.jit(lambda k: first_hit_chain(predict, objective, k, x_1, jnp.ones(n)))(
+        jax.random.key(23)))
+    assert set(np.unique(out)) <= {0, 1}
+    p = float(sched.alpha_bar(0.3))
+    frac = np.mean(out == 0, axis=1)  # per sequence: 8 tokens, Binomial(8, p) / 8
+    se = np.sqrt(p * (1 - p) / CFG.d / n)
+    assert abs(frac.mean() - p) < 4.5 * se
+
+
 def test_copy_fraction_of_a_set_against_itself_is_one_and_against_disjoint_data_zero(grammar):
     first, second = sample_disjoint_data(jax.random.key(10), grammar, [64, 64])
     a, b = np.asarray(first.tokens), np.asarray(second.tokens)

@@ -306,6 +306,12 @@ def test_network_samplers_return_tokens(loss, grammar):
         generate(3, denoiser, 5, num_steps=4)
     with pytest.raises(ValueError, match="num_steps = 0 must be >= 1"):
         generate(jax.random.key(0), denoiser, 5, num_steps=0)
+    if loss == "masked_elbo":  # default: one token at a time, every mask filled
+        out = generate(jax.random.key(4), denoiser, 5)
+        assert out.shape == (5, CFG.d) and int(out.max()) < CFG.v
+    else:
+        with pytest.raises(ValueError, match="num_steps = None .* needs the masking process"):
+            generate(jax.random.key(4), denoiser, 5)
 
 
 # ---- command line -------------------------------------------------------------------------

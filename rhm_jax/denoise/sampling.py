@@ -2,7 +2,8 @@
 
 :func:`reverse_sample` runs the step-by-step reverse chain from a noisy ``x_t`` at time
 ``t`` back to 0, exactly as :func:`rhm_jax.exact.reverse_sample` with ``joint=False`` does
-with BP's marginals, but with the network's estimate of ``p(x0 | x_t)`` in their place
+with BP's marginals (for masking, by default one token at a time: :func:`first_hit_chain`),
+but with the network's estimate of ``p(x0 | x_t)`` in their place
 (each objective says how its outputs become that estimate; D3PM's x0-parameterisation
 multiplies its ``p̃`` by the leaf likelihood first). :func:`generate` starts from pure noise
 at ``t = 1``. :func:`experiment_denoiser` turns a network into the ``denoise(params, key,
@@ -20,8 +21,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rhm_jax.noise import Gaussian, Masking, UniformSubstitution
+from rhm_jax.schedules import LinearAlphaBar
 
-__all__ = ["Denoiser", "reverse_sample", "generate", "experiment_denoiser", "predict_x0"]
+__all__ = ["Denoiser", "reverse_sample", "generate", "experiment_denoiser", "predict_x0",
+           "first_hit_chain", "check_num_steps"]
 
 
 class Denoiser(NamedTuple):
@@ -48,12 +51,34 @@ def _x0_draw(key, probs):
     return jax.random.categorical(key, jnp.log(jnp.maximum(probs, 1e-38))).astype(jnp.int32)
 
 
-def reverse_chain(predict, objective, key, x_t, t, num_steps: int):
+def check_num_steps(process, num_steps):
+    """``num_steps`` of a reverse chain: an int ``>= 1`` (steps on the uniform time grid), or
+    ``None`` for masking's one-token-at-a-time chain (:func:`first_hit_chain`)."""
+    from rhm_jax._checks import check_int
+
+    if num_steps is None:
+        if not isinstance(process, Masking):
+            raise ValueError(f"num_steps = None (unmask one token at a time) needs the masking "
+                             f"process, got {type(process).__name__}: give a number of reverse "
+                             f"steps >= 1")
+        return None
+    return check_int("num_steps", num_steps, 1)
+
+
+def reverse_chain(predict, objective, key, x_t, t, num_steps: int | None):
     """The reverse chain with any predictor ``predict(x_t, t) -> outputs`` (traceable).
 
-    With ``objective.bp_predictor(grammar)`` it is the factorised exact chain; with a
-    network, the network's. ``t`` is ``(n,)``.
+    With ``objective.bp_predictor(grammar)`` it is the exact marginals' chain; with a
+    network, the network's. ``t`` is ``(n,)``. ``num_steps`` steps on the grid
+    ``t_k = t·(K-k)/K``, each drawing its tokens independently from their marginals; for
+    masking, ``num_steps=None`` runs :func:`first_hit_chain` instead.
     """
+    if num_steps is None:
+        return first_hit_chain(predict, objective, key, x_t, t)
+    return _grid_chain(predict, objective, key, x_t, t, num_steps)
+
+
+def _grid_chain(predict, objective, key, x_t, t, num_steps: int):
     model = predict
     process = objective.process
     fractions = (num_steps - jnp.arange(num_steps + 1, dtype=t.dtype)) / num_steps
@@ -78,6 +103,54 @@ def reverse_chain(predict, objective, key, x_t, t, num_steps: int):
     return jnp.where(x_0 < process.config.v, x_0, x0_draws[-1]).astype(jnp.int32)
 
 
+def _masked_time(schedule, mask_prob):
+    """The time ``τ`` at which a token is masked with probability ``1 - α_τ = mask_prob``
+    (``α`` decreasing): exact for ``α_t = 1 - t``, else bisection to float precision."""
+    if isinstance(schedule, LinearAlphaBar):
+        return mask_prob
+
+    def halve(_, bounds):
+        lo, hi = bounds
+        mid = 0.5 * (lo + hi)
+        below = 1.0 - schedule.alpha_bar(mid) < mask_prob
+        return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
+
+    _, hi = jax.lax.fori_loop(0, 48, halve, (jnp.zeros_like(mask_prob), jnp.ones_like(mask_prob)))
+    return hi
+
+
+def first_hit_chain(predict, objective, key, x_t, t):
+    """Masking's reverse chain one token at a time (traceable; ``d`` steps, ``t`` ``(n,)``).
+
+    Going back from ``t``, each of the ``n`` masked tokens was masked at an independent
+    time with ``P(τ <= s) = (1-α_s)/(1-α_t)``; the next token to unmask is a uniformly
+    random one of them, at the latest of those times, ``1-α_τ = (1-α_t)·u^(1/n)``. The step
+    evaluates the predictor at ``(x, τ)`` and draws that one token from its marginal, so
+    no two tokens are ever drawn independently of each other: with exact marginals the
+    chain is an exact draw from ``p(x0 | x_t)`` (a chain rule over a random order), and a
+    network's samples differ from BP's only by the network's errors. Rows with no mask
+    left are unchanged.
+    """
+    process = objective.process
+    mask, d = process.mask_token, x_t.shape[-1]
+
+    def body(carry, step_key):
+        x, t_now = carry
+        masked = x == mask
+        n = jnp.sum(masked, axis=-1)
+        time_key, position_key, draw_key = jax.random.split(step_key, 3)
+        u = jax.random.uniform(time_key, n.shape, t_now.dtype)
+        mask_prob = (1.0 - process.schedule.alpha_bar(t_now)) * u ** (1.0 / jnp.maximum(n, 1))
+        tau = jnp.where(n > 0, _masked_time(process.schedule, mask_prob), t_now)
+        probs = objective.x0_probs(predict(x, tau), x, tau)
+        scores = jnp.where(masked, jax.random.uniform(position_key, x.shape, t_now.dtype), -1.0)
+        pick = jax.nn.one_hot(jnp.argmax(scores, axis=-1), d, dtype=bool) & masked
+        return (jnp.where(pick, _x0_draw(draw_key, probs), x), tau), None
+
+    (x_0, _), _ = jax.lax.scan(body, (x_t, t), jax.random.split(key, d))
+    return x_0.astype(jnp.int32)
+
+
 @partial(jax.jit, static_argnames=("graphdef", "objective", "num_steps"))
 def _reverse_sample(key, graphdef, params, objective, x_t, t, num_steps):
     return reverse_chain(nnx.merge(graphdef, params), objective, key, x_t, t, num_steps)
@@ -96,13 +169,18 @@ def _check(denoiser, process, x_t, t):
     return x_t, jnp.broadcast_to(t, x_t.shape[:1]), unbatched
 
 
-def reverse_sample(key, denoiser: Denoiser, process, x_t, t, num_steps: int):
-    """Reverse diffusion from time ``t`` to 0 with the network, on ``t_k = t·(K-k)/K``.
+def reverse_sample(key, denoiser: Denoiser, process, x_t, t, num_steps: int | None = None):
+    """Reverse diffusion from time ``t`` to 0 with the network.
 
     The same calling convention as :func:`rhm_jax.exact.reverse_sample` (a trained network
-    in the grammar's place); the step is the factorised one (``joint=False``) since a
-    network gives per-token posteriors. For D3PM on a discrete schedule, start at a step
-    ``t = k/T`` and take ``num_steps = k`` to step along the schedule's own grid.
+    in the grammar's place). With ``num_steps = K`` the chain steps on ``t_k = t·(K-k)/K``
+    and each step is the factorised one (``joint=False``), since a network gives per-token
+    posteriors: tokens that change in the same step are drawn independently, which even
+    exact marginals pay for in invalid sequences unless ``K`` is large. For masking the
+    default ``num_steps=None`` unmasks one token at a time (:func:`first_hit_chain`,
+    ``d`` network calls), exact with exact marginals. For D3PM on a discrete schedule,
+    start at a step ``t = k/T`` and take ``num_steps = k`` to step along the schedule's own
+    grid.
 
     Args:
       key: a PRNG key.
@@ -110,16 +188,17 @@ def reverse_sample(key, denoiser: Denoiser, process, x_t, t, num_steps: int):
       process: the noise process (must be the one the network was trained on).
       x_t: ``(n, d)`` int (``(n, d, v)`` float for the Gaussian), or one unbatched datum.
       t: a scalar or ``(n,)`` start time in ``(0, 1]``.
-      num_steps: number of reverse steps (static).
+      num_steps: number of reverse steps (static); ``None`` (masking only) for one token
+        at a time.
 
     Returns:
       ``(n, d)`` int32 tokens ``x̂0``.
     """
-    from rhm_jax._checks import check_int, check_key
+    from rhm_jax._checks import check_key
 
     key = check_key("key", key)
-    num_steps = check_int("num_steps", num_steps, 1)
     x_t, t, unbatched = _check(denoiser, process, x_t, t)
+    num_steps = check_num_steps(denoiser.process, num_steps)
     graphdef, params = nnx.split(denoiser.model)
     out = _reverse_sample(key, graphdef, params, denoiser.objective, x_t, t, num_steps)
     return out[0] if unbatched else out
@@ -135,8 +214,9 @@ def prior_sample(key, process, n: int):
     return jax.random.normal(key, (n, cfg.d, cfg.v), dtype=jnp.result_type(float))
 
 
-def generate(key, denoiser: Denoiser, n: int, num_steps: int):
-    """``n`` new sequences: reverse diffusion from pure noise at ``t = 1``."""
+def generate(key, denoiser: Denoiser, n: int, num_steps: int | None = None):
+    """``n`` new sequences: reverse diffusion from pure noise at ``t = 1``
+    (``num_steps`` as in :func:`reverse_sample`)."""
     from rhm_jax._checks import check_int, check_key
 
     key = check_key("key", key)
@@ -160,10 +240,11 @@ def _predict(graphdef, params, objective, x_t, t):
     return objective.target_probs(nnx.merge(graphdef, params)(x_t, t), x_t, t)
 
 
-def experiment_denoiser(denoiser: Denoiser, num_steps: int):
+def experiment_denoiser(denoiser: Denoiser, num_steps: int | None = None):
     """``(denoise, params)`` for ``experiments.forward_backward(..., denoiser=denoise,
     denoiser_params=params)``: ``denoise(params, key, x_t, t)`` runs :func:`reverse_sample`'s
-    chain (traceable, ``t`` of shape ``(c,)``)."""
+    chain (traceable, ``t`` of shape ``(c,)``; ``num_steps`` as there)."""
+    num_steps = check_num_steps(denoiser.process, num_steps)
     graphdef, params = nnx.split(denoiser.model)
     objective = denoiser.objective
 
