@@ -52,6 +52,9 @@ def add_parser(subparsers, add_config_args):
                         "0.25,0.5,0.75,1)")
     p.add_argument("--n-data", type=integer_flag("--n-data", 1), default=None,
                    help="held-out data per time, from the run's test set (default 256; quick 32)")
+    p.add_argument("--fb-data", type=integer_flag("--fb-data", 1), default=None,
+                   help="data per time of the forward-backward experiment P_l(t), sampled "
+                        "fresh from the grammar (default: --n-data)")
     p.add_argument("--n-samples", type=integer_flag("--n-samples", 1), default=None,
                    help="sequences generated from pure noise (default 256; quick 32)")
     p.add_argument("--num-steps", type=integer_flag("--num-steps", 1), default=None,
@@ -156,6 +159,7 @@ def _compare(args, folder, configs, times, n_data, n_samples) -> int:
         result = compare_run(run_dir, key=jax.random.fold_in(jax.random.key(args.seed), index),
                              times=times, n_data=n_data, n_samples=n_samples,
                              num_steps=_num_steps(args, config), repeats=args.repeats,
+                             fb_data=args.fb_data,
                              ema=args.ema, bp_chain=not args.no_bp_chain, progress=progress)
         results.append(result)
         rows.extend({**row, "seed": args.seed} for row in result.rows())
@@ -172,7 +176,8 @@ def _compare(args, folder, configs, times, n_data, n_samples) -> int:
     out = folder.commit({
         "config": {"runs": [str(r) for r in args.runs], "times": [float(t) for t in times],
                    "times_given": args.times.given if args.times else None,
-                   "n_data": n_data, "n_samples": n_samples, "num_steps": args.num_steps,
+                   "n_data": n_data, "fb_data": args.fb_data or n_data,
+                   "n_samples": n_samples, "num_steps": args.num_steps,
                    "repeats": args.repeats, "ema": bool(args.ema),
                    "bp_chain": not args.no_bp_chain, "seed": args.seed,
                    "quick": bool(args.quick)},
@@ -185,11 +190,17 @@ def _compare(args, folder, configs, times, n_data, n_samples) -> int:
     for row in table:
         P = "online" if row["online"] else f"P = {row['train_size']}"
         print(f"  {row['run']} ({row['process']}, {P}): top-1 at t = {row['t_half']:g} "
-              f"{row['top1_at_t_half']:.3f}, mean KL {row['kl_mean']:.4f} nats/token, "
+              f"{row['top1_at_t_half']:.3f} (clear tokens {_fmt(row['top1_clear_at_t_half'])}), "
+              f"mean KL {row['kl_mean']:.4f} nats/token, "
+              f"max |P_0 gap| {row['P0_gap_max']:.3f} +- {_fmt(row['P0_gap_max_se'])}, "
               f"generated fully valid {row['network_fully_valid']:.3f} (BP chain "
               f"{row.get('bp_chain_fully_valid', float('nan')):.3f}), copies "
               f"{'-' if row['network_copy'] is None else format(row['network_copy'], '.3f')}")
     return 0
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else format(x, ".3f")
 
 
 # ---- figures ------------------------------------------------------------------------------
@@ -228,8 +239,9 @@ def plot_forward_backward(results, path):
 
 
 def plot_agreement(results, path):
-    """KL(BP ‖ network) and top-1 agreement against t (dotted: against the empirical
-    posterior of the training set)."""
+    """KL(BP ‖ network) and top-1 agreement against t (dashed: top-1 on BP's clear tokens,
+    :data:`~rhm_jax.denoise.compare.CLEAR_MARGIN`; dotted: against the empirical posterior
+    of the training set)."""
     import matplotlib.pyplot as plt
 
     fig, (kl_ax, top_ax) = plt.subplots(1, 2, figsize=(9.5, 3.8))
@@ -237,7 +249,10 @@ def plot_agreement(results, path):
         a, color = result.agreement, f"C{i % 10}"
         kl_ax.errorbar(a.times, a.kl, yerr=a.kl_se, color=color, marker="o", ms=3,
                        label=_label(result))
-        top_ax.errorbar(a.times, a.top1, yerr=a.top1_se, color=color, marker="o", ms=3)
+        top_ax.errorbar(a.times, a.top1, yerr=a.top1_se, color=color, marker="o", ms=3,
+                        label="all compared tokens" if i == 0 else None)
+        top_ax.errorbar(a.times, a.top1_clear, yerr=a.top1_clear_se, color=color, ls="--",
+                        label="clear tokens" if i == 0 else None)
         if a.kl_emp is not None:
             kl_ax.errorbar(a.times, a.kl_emp, yerr=a.kl_emp_se, color=color, ls=":", ms=3,
                            label="  vs empirical posterior")
@@ -249,6 +264,7 @@ def plot_agreement(results, path):
     top_ax.set_ylabel("top-1 agreement with BP")
     top_ax.set_ylim(-0.02, 1.02)
     kl_ax.legend(fontsize=7)
+    top_ax.legend(fontsize=7)
     fig.tight_layout()
     _save(fig, path)
 

@@ -41,6 +41,9 @@ def test_bp_against_itself_has_kl_zero_and_top1_one(loss, grammar, all_data):
     assert result.times.tolist() == pytest.approx([0.3, 0.7])
     np.testing.assert_array_less(result.kl, 1e-4)
     np.testing.assert_array_equal(result.top1, 1.0)
+    np.testing.assert_array_less(result.regret, 1e-6)
+    np.testing.assert_array_equal(result.top1_clear, 1.0)
+    np.testing.assert_array_less(0.0, result.clear)  # there are clear tokens to agree on
     np.testing.assert_array_less(result.sq_error, 1e-8)
     np.testing.assert_array_less(result.kl_emp, 2e-4)
     np.testing.assert_array_less(result.kl_emp_bp, 2e-4)
@@ -74,16 +77,29 @@ def test_kl_at_full_masking_is_the_distance_of_the_token_frequencies_from_unifor
     assert expected > 0.05  # the oracle is far from 0: the test can fail
     assert result.kl[0] == pytest.approx(expected, rel=1e-4)
     assert result.tokens[0] == CFG.d  # every token masked and compared
+    # uniform outputs pick symbol 0: the regret and the clear tokens by enumeration
+    top_two = np.sort(freq, -1)[:, ::-1][:, :2]
+    regret = np.mean(top_two[:, 0] - freq[:, 0])
+    clear = top_two[:, 0] - top_two[:, 1] >= compare.CLEAR_MARGIN
+    assert regret > 0.01 and 0 < clear.sum() < CFG.d  # neither is trivially 0 or all
+    assert result.regret[0] == pytest.approx(regret, rel=1e-4, abs=1e-6)
+    assert result.clear[0] == pytest.approx(clear.mean())
+    agree = freq[:, 0] >= top_two[:, 0] - compare.TIE_TOLERANCE
+    assert result.top1_clear[0] == pytest.approx(agree[clear].mean())
+    assert result.top1[0] == pytest.approx(agree.mean()) and agree.mean() < agree[clear].mean()
 
 
 def test_token_stats_counts_ties_of_bp_as_agreement():
     ref = jnp.array([[[0.5, 0.5, 0.0, 0.0], [0.1, 0.2, 0.7, 0.0], [0.25, 0.25, 0.25, 0.25]]])
     est = jnp.array([[[0.3, 0.6, 0.05, 0.05], [0.1, 0.8, 0.05, 0.05], [0.1, 0.1, 0.1, 0.7]]])
     include = jnp.array([[True, True, False]])
-    kl, top1, sq, count = np.asarray(compare._token_stats(ref, est, include))[0]
+    kl, top1, sq, count, regret, clear_top1, clear = np.asarray(
+        compare._token_stats(ref, est, include))[0]
     ref64, est64 = np.asarray(ref, np.float64)[0, :2], np.asarray(est, np.float64)[0, :2]
     expected_kl = np.sum(np.where(ref64 > 0, ref64 * np.log(np.where(ref64 > 0, ref64, 1) / est64), 0))
     assert count == 2 and top1 == 1  # the tie counts, the wrong argmax does not
+    assert regret == pytest.approx(0.7 - 0.2)  # the wrong argmax costs BP's 0.7 - 0.2
+    assert clear == 1 and clear_top1 == 0  # a tie is not clear; 0.7 vs 0.2 is
     assert kl == pytest.approx(expected_kl, rel=1e-5)
     assert sq == pytest.approx(np.sum((est64 - ref64) ** 2), rel=1e-5)
 
@@ -302,6 +318,7 @@ def test_compare_cli_end_to_end(tmp_path, capsys):
     agree = [r for r in rows if r["measure"] == "agreement"]
     assert len(agree) == 2 * 2 and all(r["kl"] >= 0 and 0 <= r["top1"] <= 1 for r in agree)
     assert all(r["kl_emp"] is not None for r in agree)  # a finite training set
+    assert all(r["regret"] >= 0 and 0 <= r["clear"] <= 1 for r in agree)
     generated = {(r["run"], r["source"], r["level"]): r for r in rows if r["measure"] == "generation"}
     assert generated[(str(tmp_path / "run_a"), "bp_exact", 0)]["fully_valid"] == 1.0
     assert generated[(str(tmp_path / "run_a"), "bp_exact", 0)]["copy_perfect"] == 48 / CFG.P_max
@@ -312,6 +329,12 @@ def test_compare_cli_end_to_end(tmp_path, capsys):
     sweep = read_jsonl(out / "sweep.jsonl")
     assert len(sweep) == 2 and sweep[0]["P_units"] == 48 / (4 * 2**4)
     assert sweep[0]["entropy"] == pytest.approx(CFG.log_P_max / CFG.d)
+    # the P_0 gap: the network's sampled curve against BP's marginal one, at its worst t
+    p0 = {(r["source"], r["t"]): r for r in fb if r["level"] == 0 and r["run"] == sweep[0]["run"]}
+    gaps = {t: p0[("network", t)]["P_sampled"] - p0[("bp", t)]["P_marginal"] for t in (0.5, 1.0)}
+    worst = max(gaps, key=lambda t: abs(gaps[t]))
+    assert sweep[0]["P0_gap_max"] == pytest.approx(abs(gaps[worst]))
+    assert sweep[0]["P0_gap_max_t"] == worst and sweep[0]["P0_gap_max_se"] > 0
     assert "top-1 at t = 0.5" in capsys.readouterr().out
     # the sweep figure with an online run (no training set, no copies)
     from rhm_jax.compare_cli import plot_sweep
@@ -338,6 +361,7 @@ def _fake_run(path):
     (["{run}", "--times", "0,0.5"], "--times = '0,0.5' must be > 0"),
     (["{run}", "--times", "0:1:3"], "--times = '0:1:3' must be > 0"),
     (["{run}", "--n-data", "0"], "--n-data = 0 must be an integer >= 1"),
+    (["{run}", "--fb-data", "-3"], "--fb-data = -3 must be an integer >= 1"),
     (["{run}", "--num-steps", "x"], "--num-steps = 'x' must be an integer"),
     (["{run}", "--out", "{run}"], "overlaps RUN_DIR"),
     (["{run}", "--out", "{run}/sub"], "overlaps RUN_DIR"),

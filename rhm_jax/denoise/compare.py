@@ -68,7 +68,7 @@ from rhm_jax.noise import LOG_FLOOR, Gaussian, Masking
 from rhm_jax.parsing import parse
 
 __all__ = ["Agreement", "LossComparison", "SampleStats", "Representation", "RunComparison",
-           "TIE_TOLERANCE", "EPS_MEAN_FLOOR", "network_predictor", "bp_predictor", "empirical_marginals",
+           "TIE_TOLERANCE", "CLEAR_MARGIN", "EPS_MEAN_FLOOR", "network_predictor", "bp_predictor", "empirical_marginals",
            "agreement", "compare_losses", "copy_flags", "copy_fraction", "sample_stats",
            "network_samples", "bp_chain_samples", "forward_backward_pair",
            "layer_activations", "representation_similarity", "default_num_steps", "sampler_name",
@@ -77,6 +77,10 @@ __all__ = ["Agreement", "LossComparison", "SampleStats", "Representation", "RunC
 #: Top-1 agreement: the network's argmax counts as BP's when BP gives it at least BP's
 #: largest probability minus this (ties of the exact posterior are exact up to rounding).
 TIE_TOLERANCE = 1e-4
+#: A compared token is *clear* when BP's most probable symbol beats its second by at least
+#: this much: top-1 agreement on clear tokens leaves out BP's near-ties, where any
+#: approximation of the posterior flips the argmax however small its KL.
+CLEAR_MARGIN = 0.05
 
 #: The ε-network's implied posterior mean is clipped at this value and renormalised before
 #: its KL and top-1 are taken (about the float32 precision of ``(x_t - √(1-ᾱ) ε̂)/√ᾱ``).
@@ -321,8 +325,10 @@ def _empirical_target(objective, marginals, loglik):
 # ---- per-t agreement with BP --------------------------------------------------------------
 def _token_stats(ref, est, include, floor: float = 0.0):
     """Per datum, over the included tokens: ``Σ KL(ref ‖ est)``, ``Σ top-1 agreement``,
-    ``Σ ‖est - ref‖²`` and their number: ``(n, 4)``. ``est`` is clipped at ``floor`` and
-    renormalised before the KL and the top-1 (the squared error takes it as it is)."""
+    ``Σ ‖est - ref‖²``, their number, ``Σ top-1 regret`` (``max ref - ref[argmax est]``),
+    and over the clear ones (``ref``'s top two differ by at least :data:`CLEAR_MARGIN`)
+    ``Σ top-1 agreement`` and their number: ``(n, 7)``. ``est`` is clipped at ``floor``
+    and renormalised before the KL and the top-1 (the squared error takes it as it is)."""
     squared = jnp.sum((est - ref) ** 2, axis=-1)
     est = jnp.clip(est, floor, None)
     est = est / jnp.maximum(jnp.sum(est, axis=-1, keepdims=True), _PROB_FLOOR)
@@ -330,10 +336,14 @@ def _token_stats(ref, est, include, floor: float = 0.0):
     kl = jnp.sum(jnp.where(ref > 0, ref * (_safe_log(ref) - log_est), 0.0), axis=-1)
     kl = jnp.maximum(kl, 0.0)  # exact KL >= 0; float rounding can dip below
     picked = jnp.take_along_axis(ref, jnp.argmax(est, axis=-1)[..., None], axis=-1)[..., 0]
-    agree = picked >= jnp.max(ref, axis=-1) - TIE_TOLERANCE
+    top_two = jax.lax.top_k(ref, 2)[0]
+    agree = picked >= top_two[..., 0] - TIE_TOLERANCE
+    regret = jnp.maximum(top_two[..., 0] - picked, 0.0)
     w = include.astype(ref.dtype)
+    clear = w * (top_two[..., 0] - top_two[..., 1] >= CLEAR_MARGIN)
     return jnp.stack([jnp.sum(w * kl, -1), jnp.sum(w * agree, -1), jnp.sum(w * squared, -1),
-                      jnp.sum(w, -1)], axis=-1)
+                      jnp.sum(w, -1), jnp.sum(w * regret, -1), jnp.sum(clear * agree, -1),
+                      jnp.sum(clear, -1)], axis=-1)
 
 
 @partial(jax.jit, static_argnames=("predict", "objective", "empirical_chunk"))
@@ -373,6 +383,11 @@ class Agreement(NamedTuple):
       kl, kl_se: ``KL(BP target ‖ network estimate)`` in nats per compared token.
       top1, top1_se: fraction of compared tokens where the network's most probable symbol
         is one of BP's (:data:`TIE_TOLERANCE`).
+      regret, regret_se: ``max_a μ_a - μ_{argmax of the network}`` per compared token, with
+        ``μ`` BP's target: how much less often the network's argmax is the true token than
+        BP's argmax (masking: exactly that, in expectation over ``x_0`` given ``x_t``).
+      top1_clear, top1_clear_se: top-1 agreement over the clear tokens only
+        (:data:`CLEAR_MARGIN`); ``clear``: the fraction of compared tokens that are clear.
       sq_error, sq_error_se: ``Σ_a (estimate_a - target_a)²`` per compared token.
       tokens: mean number of compared tokens per datum (masking: the masked ones).
       kl_emp, kl_emp_se, top1_emp, top1_emp_se: the same against the empirical posterior
@@ -387,6 +402,11 @@ class Agreement(NamedTuple):
     kl_se: np.ndarray
     top1: np.ndarray
     top1_se: np.ndarray
+    regret: np.ndarray
+    regret_se: np.ndarray
+    top1_clear: np.ndarray
+    top1_clear_se: np.ndarray
+    clear: np.ndarray
     sq_error: np.ndarray
     sq_error_se: np.ndarray
     tokens: np.ndarray
@@ -465,6 +485,11 @@ def agreement(key, predict, params, objective, grammar: Grammar, x0, times, *,
             mean, se = _ratio(bp[:, column], bp[:, 3])
             fields[name].append(mean)
             fields[f"{name}_se"].append(se)
+        for name, column, count in (("regret", 4, 3), ("top1_clear", 5, 6)):
+            mean, se = _ratio(bp[:, column], bp[:, count])
+            fields[name].append(mean)
+            fields[f"{name}_se"].append(se)
+        fields["clear"].append(bp[:, 6].sum() / max(bp[:, 3].sum(), 1.0))
         fields["tokens"].append(bp[:, 3].mean() / repeats)
         for name, source, column in (("kl_emp", "emp", 0), ("top1_emp", "emp", 1),
                                      ("kl_emp_bp", "emp_vs_bp", 0)):
@@ -839,8 +864,14 @@ class RunComparison(NamedTuple):
         agree = self.agreement
         half = int(np.argmin(np.abs(agree.times - 0.5)))
         P = self.config.train_size
-        net_p0 = self.network_fb.sampled[0, :, 0]
-        bp_p0 = self.bp_fb.sampled[0, :, 0]
+        net_p0, net_se = self.network_fb.sampled[0, :, 0], self.network_fb.sampled_se[0, :, 0]
+        # BP's curve from its marginal estimator: the same expectation as its sampled one,
+        # with less variance. Network and BP see the same data and noise, so the gap's
+        # standard error taken as if independent overstates it.
+        bp_p0, bp_se = self.bp_fb.marginal[0, :, 0], self.bp_fb.marginal_se[0, :, 0]
+        gap = net_p0 - bp_p0
+        gap_se = np.sqrt(net_se**2 + bp_se**2)
+        worst = int(np.argmax(np.abs(gap)))
         times = self.network_fb.times
         chance = 1.0 / cfg.n_classes
         grid = float(np.min(np.diff(times))) if len(times) > 1 else math.nan
@@ -850,13 +881,19 @@ class RunComparison(NamedTuple):
                "t_half": float(agree.times[half]), "kl_at_t_half": _f(agree.kl[half]),
                "top1_at_t_half": _f(agree.top1[half]),
                "top1_at_t_half_se": _f(agree.top1_se[half]),
+               "regret_at_t_half": _f(agree.regret[half]),
+               "regret_at_t_half_se": _f(agree.regret_se[half]),
+               "top1_clear_at_t_half": _f(agree.top1_clear[half]),
+               "top1_clear_at_t_half_se": _f(agree.top1_clear_se[half]),
+               "clear_at_t_half": _f(agree.clear[half]),
                "kl_emp_mean": None if agree.kl_emp is None else _nan_mean(agree.kl_emp),
                "top1_emp_mean": None if agree.top1_emp is None else _nan_mean(agree.top1_emp),
                "kl_emp_bp_mean": None if agree.kl_emp_bp is None else _nan_mean(agree.kl_emp_bp),
                "loss_network": self.losses.network, "loss_bp": self.losses.bp,
                "loss_gap": self.losses.gap, "loss_gap_se": self.losses.gap_se,
                "entropy": self.losses.entropy,
-               "P0_network_minus_bp_max": float(np.max(np.abs(net_p0 - bp_p0))),
+               "P0_gap_max": float(abs(gap[worst])), "P0_gap_max_se": _f(gap_se[worst]),
+               "P0_gap_max_t": float(times[worst]), "fb_data": self.network_fb.n_data,
                "P0_drop_t_network": _f(midpoint_crossing(times, net_p0, chance, 1.0)),
                "P0_drop_t_bp": _f(midpoint_crossing(times, bp_p0, chance, 1.0)),
                "time_grid_step": _f(grid)}
@@ -878,10 +915,13 @@ class RunComparison(NamedTuple):
         for j, t in enumerate(a.times):
             row = {**base, "measure": "agreement", "t": float(t), "n_data": a.n_data,
                    "repeats": a.repeats, "tokens_per_datum": _f(a.tokens[j])}
-            for name in ("kl", "top1", "sq_error", "kl_emp", "top1_emp", "kl_emp_bp"):
+            for name in ("kl", "top1", "regret", "top1_clear", "sq_error", "kl_emp", "top1_emp",
+                         "kl_emp_bp"):
                 values = getattr(a, name)
                 row[name] = None if values is None else _f(values[j])
                 row[f"{name}_se"] = None if values is None else _f(getattr(a, f"{name}_se")[j])
+            row["clear"] = _f(a.clear[j])
+            row["clear_margin"] = CLEAR_MARGIN
             row["explained"] = None if a.explained is None else _f(a.explained[j])
             out.append(row)
         out.append({**base, "measure": "loss", "units": "nats per token",
