@@ -196,11 +196,16 @@ def _snapshot(folder):
 
 
 def test_resume_gives_bit_identical_parameters(tmp_path, finished_run):
+    from rhm_jax.denoise.train import _train_steps, make_eval
+
     config = _resume_config()
     whole_dir, whole = finished_run
+    programs = (_train_steps.cache_info().misses, make_eval.cache_info().misses)
     train(config, tmp_path / "split", progress=False, plot=False, stop_after=40)
     assert load_run(tmp_path / "split").step == 40
     resumed = train(config, tmp_path / "split", resume=True, progress=False, plot=False)
+    # the configuration was trained before in this process: its programs are reused
+    assert (_train_steps.cache_info().misses, make_eval.cache_info().misses) == programs
     for a, b in zip(jax.tree.leaves(nnx.state(whole.model)), jax.tree.leaves(nnx.state(resumed.model))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     for a, b in zip(jax.tree.leaves(nnx.state(whole.ema_model)),

@@ -35,7 +35,7 @@ import math
 import os
 import shutil
 import time
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -231,8 +231,22 @@ def _batch(config: TrainConfig, grammar, train_tokens, data_key, step):
 def make_train_steps(config: TrainConfig, graphdef, grammar, mesh=None):
     """``run(state, train_tokens, num_steps) -> (state, metrics)``: ``num_steps`` jitted steps.
 
-    ``metrics`` holds per-step ``loss`` (nats per sequence), ``grad_norm`` and ``lr``.
+    ``metrics`` holds per-step ``loss`` (nats per sequence), ``grad_norm`` and ``lr``. The
+    compiled program is shared by every call with the same ``config``, ``graphdef`` and
+    ``mesh`` in a process (the grammar is an argument of it, not a constant): a resumed or
+    repeated run does not compile again.
     """
+    steps = _train_steps(config, graphdef, mesh)
+
+    def run(state, train_tokens, num_steps):
+        return steps(state, train_tokens, grammar, num_steps)
+
+    return run
+
+
+@lru_cache(maxsize=8)
+def _train_steps(config: TrainConfig, graphdef, mesh):
+    """The jitted ``run(state, train_tokens, grammar, num_steps)`` of one configuration."""
     objective = config.objective()
     tx = make_optimizer(config)
     schedule = learning_rate_schedule(config)
@@ -250,7 +264,7 @@ def make_train_steps(config: TrainConfig, graphdef, grammar, mesh=None):
         return jnp.mean(per_sequence)
 
     @partial(jax.jit, static_argnames=("num_steps",), donate_argnums=(0,))
-    def run(state, train_tokens, num_steps):
+    def run(state, train_tokens, grammar, num_steps):
         def one_step(state: TrainState, _):
             step = state.step
             x0 = _batch(config, grammar, train_tokens, data_key, step)
@@ -273,8 +287,10 @@ def make_train_steps(config: TrainConfig, graphdef, grammar, mesh=None):
     return run
 
 
+@lru_cache(maxsize=8)
 def make_eval(config: TrainConfig, graphdef):
-    """``evaluate(params, x0, key) -> (n,)`` per-sequence loss (nats), jitted."""
+    """``evaluate(params, x0, key) -> (n,)`` per-sequence loss (nats), jitted (one program
+    per ``config`` and ``graphdef`` in a process)."""
     objective = config.objective()
 
     @jax.jit
