@@ -119,9 +119,11 @@ NOTEBOOK_03 = [
     channels and `BLOCK_DEPTH` the position-wise MLP layers after each of its tree
     convolutions; `STEPS` × `BATCH_SIZE` the training data seen (fresh data every step);
     `N_DATA` the held-out data per noise level of the comparisons, `N_SAMPLES` the sequences
-    generated, `NUM_TIMES` the noise levels `t = 0.1, 0.2, …, 1` and `NUM_STEPS` the steps
-    of the reverse chain (`16·d`: each step draws the tokens it unmasks independently of
-    each other, so the chain needs many small steps — section 5 shows what that costs).
+    generated, `NUM_TIMES` the noise levels `t = 0.1, 0.2, …, 1` and `NUM_STEPS` the
+    reverse sampler: `None` (the default for masking) reveals one token per network call,
+    at the time the forward process would have masked it — `d` calls, and an exact posterior
+    draw when the marginals are exact; an integer `K` instead runs `K` steps on a uniform
+    time grid, each drawing the tokens it reveals independently of each other.
     The full-size values are those of the repository's README, where this network reached a
     mean KL of 0.011 nats per masked token.
 
@@ -149,7 +151,7 @@ NOTEBOOK_03 = [
     N_SAMPLES = 256  # @param {type:"integer"}
     NUM_TIMES = 10  # @param {type:"integer"}
     SEED = 0  # @param {type:"integer"}
-    NUM_STEPS = 16 * S**L
+    NUM_STEPS = None  # one token at a time; an integer K: K grid steps
     STEPS_PER_CALL, EVAL_EVERY, WARMUP = 50, 250, 100
     # Thresholds of the claims that depend on how long the network trained (see the prose).
     EXPECT = dict(top1_min=0.95, kl_max=0.05, loss_gap_max=0.05, p_gap_max=0.02,
@@ -157,14 +159,14 @@ NOTEBOOK_03 = [
     if SMOKE:
         WIDTH, BLOCK_DEPTH, LEARNING_RATE = 32, 0, 5e-3
         STEPS, STEPS_PER_CALL, EVAL_EVERY, WARMUP = 100, 25, 25, 5
-        N_DATA, N_SAMPLES, NUM_TIMES, NUM_STEPS = 32, 128, 4, 16
+        N_DATA, N_SAMPLES, NUM_TIMES = 32, 128, 4
         EXPECT = dict(top1_min=0.6, kl_max=0.8, loss_gap_max=1.0, p_gap_max=0.35,
                       rules_valid_min=0.5, fully_valid_min=0.02)
     ''' + REPORT + '''
 
     print(f"SMOKE = {SMOKE}: {STEPS} training steps of {BATCH_SIZE} data; {N_DATA} held-out "
           f"data x {NUM_TIMES} noise levels, {N_SAMPLES} generated sequences, "
-          f"{NUM_STEPS} reverse steps")
+          f"{'one token per reverse step' if NUM_STEPS is None else f'{NUM_STEPS} reverse steps'}")
     '''),
     md("""
     ## 1. The experiment
@@ -391,9 +393,8 @@ NOTEBOOK_03 = [
     `compare.forward_backward_pair(key, denoiser, grammar, times, n_data, num_steps)` runs
     the forward–backward experiment twice through one code path
     (`rhm_jax.experiments.forward_backward`) with the same data and noise: once with exact BP
-    posterior samples, once with the network's reverse diffusion from `x_t` (`NUM_STEPS`
-    steps, each unmasking tokens drawn independently from the network's per-token
-    predictions). The reconstruction `x̂0` is parsed back up the tree, and `P_l(t)` is the
+    posterior samples, once with the network's reverse diffusion from `x_t` (one masked
+    token revealed per network call, drawn from the network's prediction for it). The reconstruction `x̂0` is parsed back up the tree, and `P_l(t)` is the
     fraction of level-`l` nodes of `x0` it keeps; a node whose subtree the grammar cannot
     produce counts as changed.
 
@@ -406,7 +407,7 @@ NOTEBOOK_03 = [
                                                       NUM_STEPS)
     print(f"forward-backward, network and BP: {time.time() - tic:.0f} s")
     net, net_se = network_fb.sampled[0], network_fb.sampled_se[0]  # (T, L+1), one grammar
-    exact_p, exact_se = bp_fb.sampled[0], bp_fb.sampled_se[0]
+    exact_p, exact_se = bp_fb.marginal[0], bp_fb.marginal_se[0]
 
     level_colors = plt.cm.plasma(np.linspace(0.0, 0.85, L + 1))
     fig, (ax, ax_diff) = plt.subplots(1, 2, figsize=(10.5, 3.8))
@@ -432,12 +433,14 @@ NOTEBOOK_03 = [
     md("""
     How to read it: the trained network's curves lie on BP's at every level — the class
     drops at the same noise, the tokens fade at the same rate — so the network's reverse
-    diffusion has the same phase transition as exact denoising. At intermediate `t` the
-    network keeps slightly more than BP at every level above the tokens; each difference is
-    within about one and a half standard errors (the differences of different levels are
-    correlated: they come from the same reconstructions). Two things differ between the
-    curves, the network and the sampler: BP draws `x̂0` from the exact posterior in one
-    shot, the network's chain in `NUM_STEPS` factorised steps.
+    diffusion has the same phase transition as exact denoising. The differences scatter
+    around zero within about two standard errors; the largest, for the class at high noise,
+    are where the network keeps slightly less than BP (the differences of different levels
+    are correlated: they come from the same reconstructions). Only the network differs between
+    the curves: with exact marginals the one-token sampler is itself an exact posterior
+    draw. BP's curve is its marginal estimator (the posterior probability of the true
+    symbol, averaged over data): the same expectation as counting kept symbols in
+    posterior samples, with less variance.
 
     The assertions: at `t = 1` nothing is visible and BP keeps the class only by chance,
     `P_0 = 1/v` within four standard errors; and at every noise level and every level of the
@@ -472,10 +475,11 @@ NOTEBOOK_03 = [
     sequence back up the tree and reports, per level, the fraction of nodes whose subtree the
     grammar can produce (level 0: the whole sequence is a valid datum), the histogram of the
     parsed classes, and more. Two references: the same sampler with exact BP in the network's
-    place (`compare.bp_chain_samples`) — the sampler draws each step's newly unmasked tokens
-    independently, so even exact marginals give an invalid sequence now and then; this is the
-    floor of the sampler, not of the network — and exact RHM samples (`rhm_jax.sample_data`),
-    valid by construction.
+    place (`compare.bp_chain_samples`) — with exact marginals the one-token sampler draws
+    exact RHM samples, so every sequence it makes is valid and whatever the network loses
+    is the network's own error (a sampler on a time grid, `NUM_STEPS = K`, draws the tokens
+    of one step independently and loses validity even with exact marginals) — and exact RHM
+    samples (`rhm_jax.sample_data`), valid by construction.
 
     The figure: fraction of valid nodes per level for the three sources (error bars: one
     standard error over sequences).
@@ -512,24 +516,24 @@ NOTEBOOK_03 = [
     md("""
     How to read it: the tokens (right) are always valid symbols; going up, a node is valid
     only if its whole subtree is, so validity can only fall towards the root. The network's
-    sequences are valid most of the time at every level, close to what the same sampler
-    achieves with exact BP marginals; the remaining gap at the root is the network's error
-    on the long-range constraints.
+    sequences are valid most of the time at every level, while the same sampler with exact
+    BP marginals is always valid; the gap, largest at the root, is the network's error on
+    the long-range constraints.
 
     The assertions: exact RHM samples are valid at every level (a check of the parser); the
     network's nodes just above the tokens — the rules of the lowest level — are valid at
     least a fraction `EXPECT["rules_valid_min"]` of the time, and whole sequences at least
     `EXPECT["fully_valid_min"]` (each within four standard errors; random tokens would give
-    `m·v/v²` and about `P_max/v^d`); and the network does not beat the sampler with exact
-    marginals by more than four standard errors.
+    `m·v/v²` and about `P_max/v^d`); and with exact marginals the one-token sampler's
+    sequences are all valid.
     """),
     code('''
     network, chain = stats["network"], stats["BP in the same sampler"]
     assert np.all(stats["exact RHM samples"].valid == 1.0), "exact samples are valid"
     assert network.valid[L - 1] + 4 * network.valid_se[L - 1] >= EXPECT["rules_valid_min"]
     assert network.fully_valid + 4 * network.fully_valid_se >= EXPECT["fully_valid_min"]
-    assert network.fully_valid <= chain.fully_valid + 4 * np.hypot(network.fully_valid_se,
-                                                                   chain.fully_valid_se)
+    if NUM_STEPS is None:  # one token at a time: exact with exact marginals
+        assert np.all(chain.valid == 1.0), "BP in the one-token sampler is always valid"
     report("fully_valid_network", network.fully_valid, network.fully_valid_se)
     report("fully_valid_bp_chain", chain.fully_valid, chain.fully_valid_se)
     print(f"notebook ran in {time.time() - start:.0f} s")
@@ -542,8 +546,8 @@ NOTEBOOK_03 = [
       above the exact floor `log₂ P_max / d`.
     * Its reverse diffusion has the phase transition of exact denoising: `P_l(t)` follows
       BP's at every level of the tree.
-    * Its generated sequences are grammatical most of the time, close to the sampler's own
-      limit with exact marginals.
+    * Its generated sequences are grammatical most of the time; with exact marginals the
+      same sampler always is.
     * With a finite training set instead (`train_size=P`), the network can memorise:
       `compare.agreement(..., train_tokens=...)` then also measures it against the exact
       posterior of the training set, and `compare.sample_stats(..., train_tokens)` counts
