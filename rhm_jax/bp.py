@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rhm_jax._checks import check_bool, check_int, check_key, describe
+from rhm_jax.validation import check_bool, check_int, check_key, describe
 from rhm_jax.grammar import (Grammar, InverseTable, check_grammar, inverse_table,
                              max_slots_per_child, with_inverse_tables)
 from rhm_jax.sampling import Data

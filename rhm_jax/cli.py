@@ -154,7 +154,7 @@ def _sample_host_bytes(cfg, n: int) -> int:
 
 
 def _cmd_sample(args) -> int:
-    from rhm_jax._checks import check_fits, format_bytes
+    from rhm_jax.validation import check_fits, format_bytes
     from rhm_jax.io import RunFolder, environment
     from rhm_jax.sampling import sample_data_bytes
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from rhm_jax._checks import check_int, format_bytes
+from rhm_jax.validation import check_int, format_bytes
 
 #: Most tokens one datum may have: positions are int32 throughout (``2**31 - 1``).
 MAX_TOKENS = 2**31 - 1

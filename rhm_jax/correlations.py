@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rhm_jax import bp
-from rhm_jax._checks import check_bool, check_int
+from rhm_jax.validation import check_bool, check_int
 from rhm_jax.experiments import (Denoiser, _bp_reconstruction, _check_args, _denoised,
                                  _observation)
 from rhm_jax.sampling import _sample_data

@@ -41,7 +41,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 from rhm_jax import bp
-from rhm_jax._checks import check_bool, check_int, check_key
+from rhm_jax.validation import check_bool, check_int, check_key
 from rhm_jax.grammar import Grammar
 from rhm_jax.noise import (
     Gaussian,

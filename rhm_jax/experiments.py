@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rhm_jax import bp
-from rhm_jax._checks import check_int, check_key
+from rhm_jax.validation import check_int, check_key
 from rhm_jax.grammar import Grammar, check_grammar, sample_grammar, with_inverse_tables
 from rhm_jax.noise import EpsilonProcess
 from rhm_jax.parsing import _parse

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rhm_jax._checks import check_key
+from rhm_jax.validation import check_key
 from rhm_jax.config import RHMConfig
 
 

@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
-from rhm_jax._checks import check_key
+from rhm_jax.validation import check_key
 from rhm_jax.config import RHMConfig
 from rhm_jax.schedules import (
     Cosine,

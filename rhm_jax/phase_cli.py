@@ -154,7 +154,7 @@ def run(args) -> int:
         make_process(name, configs[0])
     check_output_folder(args.out)
 
-    from rhm_jax._checks import check_fits
+    from rhm_jax.validation import check_fits
     from rhm_jax.sharding import initialize_distributed, is_main_process
 
     initialize_distributed()

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rhm_jax._checks import check_bool, check_fits, check_int, check_int_values, check_key
+from rhm_jax.validation import check_bool, check_fits, check_int, check_int_values, check_key
 from rhm_jax.config import RHMConfig
 from rhm_jax.grammar import Grammar, check_grammar
 from rhm_jax.parsing import _parse

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from rhm_jax._checks import check_int
+from rhm_jax.validation import check_int
 
 DATA_AXIS = "data"
 

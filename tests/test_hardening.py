@@ -284,7 +284,7 @@ def test_config_whose_datum_cannot_exist_is_refused(L, text):
 
 
 def test_allocation_that_cannot_fit_is_refused_with_its_size(grammar, monkeypatch):
-    import rhm_jax._checks as checks
+    import rhm_jax.validation as checks
 
     monkeypatch.setattr(checks, "memory_limit", lambda *a, **k: (1000, "a 1 kB test device"))
     with pytest.raises(ValueError) as info:
@@ -436,7 +436,7 @@ def test_bad_output_folder_is_refused_before_any_computation(command, kind, text
 def test_a_call_too_large_for_memory_is_refused_before_any_computation(tmp_path, capsys,
                                                                       no_computation,
                                                                       monkeypatch):
-    import rhm_jax._checks as checks
+    import rhm_jax.validation as checks
 
     monkeypatch.setattr(checks, "memory_limit", lambda *a, **k: (25 * 10**9, "25 GB here"))
     _expect_cli_error(["phase", "--L", "20", "--out", str(tmp_path / "o")],

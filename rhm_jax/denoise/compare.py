@@ -58,7 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rhm_jax._checks import check_int, check_key
+from rhm_jax.validation import check_int, check_key
 from rhm_jax.denoise.models import Transformer, TreeUNet
 from rhm_jax.denoise.objectives import D3PMBound, GaussianEps, _safe_log
 from rhm_jax.denoise.sampling import (Denoiser, check_num_steps, generate, prior_sample,

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rhm_jax._checks import check_bool, check_int
+from rhm_jax.validation import check_bool, check_int
 from rhm_jax.config import RHMConfig
 
 __all__ = ["ModelConfig", "TreeUNet", "Transformer", "build_model", "time_embedding"]

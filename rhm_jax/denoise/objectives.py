@@ -67,7 +67,7 @@ def _discrete_steps(process, num_steps: int | None) -> int:
     T = getattr(process.schedule, "T", None)
     if num_steps is None:
         num_steps = T if T is not None else 1000
-    from rhm_jax._checks import check_int
+    from rhm_jax.validation import check_int
 
     return check_int("num_steps", num_steps, 1)
 

@@ -54,7 +54,7 @@ def _x0_draw(key, probs):
 def check_num_steps(process, num_steps):
     """``num_steps`` of a reverse chain: an int ``>= 1`` (steps on the uniform time grid), or
     ``None`` for masking's one-token-at-a-time chain (:func:`first_hit_chain`)."""
-    from rhm_jax._checks import check_int
+    from rhm_jax.validation import check_int
 
     if num_steps is None:
         if not isinstance(process, Masking):
@@ -194,7 +194,7 @@ def reverse_sample(key, denoiser: Denoiser, process, x_t, t, num_steps: int | No
     Returns:
       ``(n, d)`` int32 tokens ``x̂0``.
     """
-    from rhm_jax._checks import check_key
+    from rhm_jax.validation import check_key
 
     key = check_key("key", key)
     x_t, t, unbatched = _check(denoiser, process, x_t, t)
@@ -217,7 +217,7 @@ def prior_sample(key, process, n: int):
 def generate(key, denoiser: Denoiser, n: int, num_steps: int | None = None):
     """``n`` new sequences: reverse diffusion from pure noise at ``t = 1``
     (``num_steps`` as in :func:`reverse_sample`)."""
-    from rhm_jax._checks import check_int, check_key
+    from rhm_jax.validation import check_int, check_key
 
     key = check_key("key", key)
     n = check_int("n", n, 1)

@@ -45,7 +45,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from rhm_jax._checks import check_bool, check_int
+from rhm_jax.validation import check_bool, check_int
 from rhm_jax.config import RHMConfig
 from rhm_jax.denoise.models import ModelConfig, build_model
 from rhm_jax.denoise.objectives import OBJECTIVES, make_objective
