@@ -251,7 +251,7 @@ def _loop_bound_vmap(axis_size, in_batched, lengths):
     return jnp.max(lengths), False
 
 
-def _downward_step(table: InverseTable, parent: jax.Array, child_upward: jax.Array):
+def downward_step(table: InverseTable, parent: jax.Array, child_upward: jax.Array):
     """``w_{l+1, j*s+k}(b) ∝ Σ_{(a,psi): R[a,psi,k]=b} w_{l,j}(a) Π_{k'≠k} u_{k'}(R[a,psi,k'])``.
 
     The sum over slots with ``R[a, psi, k] = b`` runs over the inverse table's columns,
@@ -290,7 +290,7 @@ def _downward_step(table: InverseTable, parent: jax.Array, child_upward: jax.Arr
     return jax.lax.optimization_barrier(_normalise(stacked)[0])  # see _upward_step
 
 
-def _marginals_internal(grammar: Grammar, leaf_log_likelihood: jax.Array):
+def marginals_and_messages(grammar: Grammar, leaf_log_likelihood: jax.Array):
     """Full BP on one chunk, internal layout: (marginals, upward, downward, log p)."""
     cfg = grammar.config
     messages, _, log_evidence = _upward(grammar, leaf_log_likelihood)
@@ -298,7 +298,7 @@ def _marginals_internal(grammar: Grammar, leaf_log_likelihood: jax.Array):
     dtype = messages[0].dtype
     downward = [jnp.full((c, cfg.n_classes, 1), 1 / cfg.n_classes, dtype)]
     for level, table in enumerate(_inverse_tables(grammar)):
-        downward.append(_downward_step(table, downward[-1], messages[level + 1]))
+        downward.append(downward_step(table, downward[-1], messages[level + 1]))
     marginals = tuple(_normalise(u * w)[0] for u, w in zip(messages, downward))
     return marginals, messages, tuple(downward), log_evidence
 
@@ -340,7 +340,7 @@ def default_chunk_size(config, n: int | None = None, platform: str | None = None
     return chunk if n is None else max(1, min(chunk, n))
 
 
-def _map_chunks(fn, xs, chunk: int, interleave: bool | None = None):
+def map_chunks(fn, xs, chunk: int, interleave: bool | None = None):
     """``fn`` over the leading (batch) axis of the pytree ``xs`` in chunks of ``chunk``.
 
     With one device, step ``b`` takes the contiguous data ``b*chunk ... (b+1)*chunk - 1``,
@@ -393,7 +393,7 @@ def _marginals(grammar: Grammar, leaf_log_likelihood: jax.Array, chunk: int,
     s = grammar.config.s
 
     def one_chunk(loglik):
-        marginals, upward, downward, log_evidence = _marginals_internal(grammar, loglik)
+        marginals, upward, downward, log_evidence = marginals_and_messages(grammar, loglik)
         # The leaf level (half of all nodes) is formed in the public layout, which is the
         # evidence's own: the leaf messages are recomputed from it there, so only the
         # downward message is transposed, where the internal product's transpose made XLA
@@ -405,7 +405,7 @@ def _marginals(grammar: Grammar, leaf_log_likelihood: jax.Array, chunk: int,
                         _public_upward(upward, s, messages),
                         _public_levels(downward, s, messages), log_evidence)
 
-    return _map_chunks(one_chunk, leaf_log_likelihood, chunk, interleave)
+    return map_chunks(one_chunk, leaf_log_likelihood, chunk, interleave)
 
 
 def _upward_public(grammar: Grammar, leaf_log_likelihood: jax.Array, chunk: int,
@@ -416,7 +416,7 @@ def _upward_public(grammar: Grammar, leaf_log_likelihood: jax.Array, chunk: int,
         upward, class_posterior, log_evidence = _upward(grammar, loglik)
         return Upward(_public_upward(upward, s, messages), class_posterior, log_evidence)
 
-    return _map_chunks(one_chunk, leaf_log_likelihood, chunk, interleave)
+    return map_chunks(one_chunk, leaf_log_likelihood, chunk, interleave)
 
 
 def _check_leaf_log_likelihood(grammar: Grammar, leaf_log_likelihood) -> jax.Array:
@@ -593,7 +593,7 @@ def _to_placement(x, placement):
 def _dispatcher(fn):
     """``jit`` of ``fn(grammar, loglik, chunk, messages)``, run per shard when the batch's
     ``placement`` (static) says it is sharded; ``interleave`` (static) as in
-    :func:`_map_chunks` for an unsharded batch."""
+    :func:`map_chunks` for an unsharded batch."""
     def run(grammar, loglik, chunk, messages, placement=None, interleave=None):
         if placement is None:
             return fn(grammar, loglik, chunk, messages, interleave=interleave)
@@ -610,7 +610,7 @@ _marginals_jit = _dispatcher(_marginals)
 def _order(loglik) -> bool | None:
     """Chunk order for an unsharded batch: contiguous for a concrete one (it runs on one
     device, where the interleaved order only adds a transpose: 1.26x slower), the default
-    of :func:`_map_chunks` for a traced one (a partitioner may still split it)."""
+    of :func:`map_chunks` for a traced one (a partitioner may still split it)."""
     return None if _traced(loglik) else False
 
 
@@ -723,7 +723,7 @@ def _categorical(weights: jax.Array, uniform: jax.Array, axis: int) -> jax.Array
     return jnp.minimum(index, weights.shape[axis] - 1)
 
 
-def _sample_tree(keys: jax.Array, grammar: Grammar, messages: tuple, class_posterior) -> Data:
+def sample_tree(keys: jax.Array, grammar: Grammar, messages: tuple, class_posterior) -> Data:
     """One exact draw of the whole tree per datum from ``p(tree | observation)``.
 
     Root from its posterior; then, top-down, for each sampled symbol ``a`` the rule
@@ -765,11 +765,11 @@ def _sample_chunks(grammar, leaf_log_likelihood, keys, chunk, interleave=None):
     def one_chunk(batch):
         loglik, keys = batch
         messages, class_posterior, _ = _upward(grammar, loglik)
-        draws = jax.vmap(lambda k: _sample_tree(k, grammar, messages, class_posterior),
+        draws = jax.vmap(lambda k: sample_tree(k, grammar, messages, class_posterior),
                          in_axes=1, out_axes=1)(keys)
         return draws  # (c, num_samples, ...)
 
-    return _map_chunks(one_chunk, (leaf_log_likelihood, keys), chunk, interleave)
+    return map_chunks(one_chunk, (leaf_log_likelihood, keys), chunk, interleave)
 
 
 @partial(jax.jit, static_argnames=("num_samples", "chunk", "placement", "interleave"))

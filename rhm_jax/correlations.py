@@ -43,9 +43,9 @@ import numpy as np
 
 from rhm_jax import bp
 from rhm_jax.validation import check_bool, check_int
-from rhm_jax.experiments import (Denoiser, _bp_reconstruction, _check_args, _denoised,
+from rhm_jax.experiments import (Denoiser, bp_reconstruction, check_sweep_args, call_denoiser,
                                  _observation)
-from rhm_jax.sampling import _sample_data
+from rhm_jax.sampling import sample_data_unchecked
 from rhm_jax.sharding import DATA_AXIS, auto_axes, batch_sharding, data_mesh, pad_to_multiple, put_global
 
 _DATA = jax.sharding.PartitionSpec(DATA_AXIS)
@@ -175,12 +175,12 @@ def _one_start(key, grammar, process, times, n_trajectories, params, denoiser, w
     """Every statistic of one start: ``n_trajectories`` trajectories at every noise level.
 
     The ``(trajectory, level)`` rows go through the reconstruction in cache-sized chunks
-    (:func:`rhm_jax.bp._map_chunks`), so memory is ``O(n_trajectories · T · d)`` spins.
+    (:func:`rhm_jax.bp.map_chunks`), so memory is ``O(n_trajectories · T · d)`` spins.
     """
     cfg = grammar.config
     num_times = times.shape[0]
     data_key, traj_key = jax.random.split(key)
-    data = _sample_data(data_key, grammar, 1, None, True)
+    data = sample_data_unchecked(data_key, grammar, 1, None, True)
     x0 = data.tokens[0]
     latents = [x[0] for x in data.latents]
     traj_keys = jax.vmap(partial(jax.random.fold_in, traj_key))(
@@ -198,17 +198,17 @@ def _one_start(key, grammar, process, times, n_trajectories, params, denoiser, w
             noise[:, None], tokens[:, None], process, t, denoiser is None)[:, 0]
         if denoiser is None:
             rows_latents = [jnp.broadcast_to(x, (c, x.shape[0])) for x in latents]
-            x_hat, marginal = _bp_reconstruction(grammar, post, observed, rows_latents)
+            x_hat, marginal = bp_reconstruction(grammar, post, observed, rows_latents)
             class_prob = marginal[:, 0]
         else:
-            x_hat = _denoised(denoiser, params, post[0], observed, t, cfg)
+            x_hat = call_denoiser(denoiser, params, post[0], observed, t, cfg)
             class_prob = jnp.zeros((c,), t.dtype)
         return x_hat != x0, class_prob
 
     repeat = lambda x: jnp.repeat(x, num_times, axis=0)
     batch = (repeat(noise_keys), repeat(post_keys), jnp.tile(times, n_trajectories))
     chunk = bp.default_chunk_size(cfg, rows)
-    spins, class_prob = bp._map_chunks(per_rows, batch, chunk, interleave=False)
+    spins, class_prob = bp.map_chunks(per_rows, batch, chunk, interleave=False)
     spins = spins.reshape(n_trajectories, num_times, cfg.d).swapaxes(0, 1)
     stats = jax.vmap(partial(spin_statistics, s=cfg.s, with_matrix=with_matrix))(spins)
     out = {"changed": stats.changed, "tree": stats.tree, "position": stats.position,
@@ -270,7 +270,7 @@ def change_correlations(key: jax.Array, grammar, process, times, n_starts: int,
       ((2,), 0.0, (2, 4))
     """
     n_starts = check_int("n_starts", n_starts, minimum=1)
-    key, times, n_starts, chunk_size, _ = _check_args(
+    key, times, n_starts, chunk_size, _ = check_sweep_args(
         key, grammar, process, times, n_starts, chunk_size, 1, denoiser, denoiser_params)
     n_trajectories = check_int("n_trajectories", n_trajectories, minimum=2)
     with_matrix = check_bool("with_matrix", with_matrix)

@@ -41,17 +41,16 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 from rhm_jax import bp
-from rhm_jax.validation import check_bool, check_int, check_key
+from rhm_jax.validation import check_bool, check_int, check_key, check_tokens
 from rhm_jax.grammar import Grammar
 from rhm_jax.noise import (
     Gaussian,
     Masking,
     UniformSubstitution,
-    _check_time,
-    _check_tokens,
+    check_time,
 )
 from rhm_jax.sampling import data_from_digits, digits_from_tokens
-from rhm_jax.schedules import _is_concrete
+from rhm_jax.schedules import is_concrete
 
 __all__ = [
     "posterior_mean",
@@ -85,26 +84,26 @@ def _check_grammar_and_process(grammar, process, *, reversible: bool = False) ->
                          f"has (d, v) = ({cfg.d}, {cfg.v}); they must agree")
 
 
-def _check_observation(process, name: str, observation, t) -> tuple[Array, Array, bool]:
+def check_observation(process, name: str, observation, t) -> tuple[Array, Array, bool]:
     """Validate a noisy observation and its time; return them batched and an unbatched flag."""
     cfg = process.config
     if isinstance(process, Gaussian):
-        observation = process._check_observation(name, observation)
+        observation = process.check_observation(name, observation)
         unbatched = observation.ndim == 2
     else:
-        observation = _check_tokens(name, observation, cfg, getattr(process, "num_states", cfg.v))
+        observation = check_tokens(name, observation, cfg.d, getattr(process, "num_states", cfg.v))
         unbatched = observation.ndim == 1
     if unbatched:
         observation = observation[None]
         if jnp.shape(t) != ():
             raise ValueError(f"t has shape {jnp.shape(t)}, but must be a scalar for an "
                              f"unbatched {name}")
-    return observation, _check_time("t", t, observation.shape[:1]), unbatched
+    return observation, check_time("t", t, observation.shape[:1]), unbatched
 
 
 def _check_earlier(s, t) -> None:
     """``s < t`` strictly (when both are concrete)."""
-    if _is_concrete(s) and _is_concrete(t):
+    if is_concrete(s) and is_concrete(t):
         s_arr, t_arr = np.broadcast_arrays(np.asarray(s, np.float64), np.asarray(t, np.float64))
         bad = s_arr >= t_arr
         if bad.any():
@@ -146,7 +145,7 @@ def posterior_mean(grammar: Grammar, process, observation: ArrayLike,
       ((4, 8, 8), True)
     """
     _check_grammar_and_process(grammar, process)
-    observation, t, unbatched = _check_observation(process, "observation", observation, t)
+    observation, t, unbatched = check_observation(process, "observation", observation, t)
     return _unbatch(_bp_marginals(grammar, process, observation, t).marginals[-1], unbatched)
 
 
@@ -169,7 +168,7 @@ def gaussian_score(grammar: Grammar, process: Gaussian, x_t: ArrayLike,
     _check_grammar_and_process(grammar, process)
     if not isinstance(process, Gaussian):
         raise TypeError(f"process must be Gaussian for a score, got {type(process).__name__}")
-    x_t, t, unbatched = _check_observation(process, "x_t", x_t, t)
+    x_t, t, unbatched = check_observation(process, "x_t", x_t, t)
     mean = _bp_marginals(grammar, process, x_t, t).marginals[-1]
     return _unbatch(process.score(x_t, t, mean), unbatched)
 
@@ -196,7 +195,7 @@ def d3pm_x0_target(grammar: Grammar, process, observation: ArrayLike,
       ``(n, d, v)`` normalised per-token distributions (``(d, v)`` if unbatched).
     """
     _check_grammar_and_process(grammar, process)
-    observation, t, unbatched = _check_observation(process, "observation", observation, t)
+    observation, t, unbatched = check_observation(process, "observation", observation, t)
     return _unbatch(_bp_marginals(grammar, process, observation, t, messages=True).downward[-1], unbatched)
 
 
@@ -218,7 +217,7 @@ def one_shot_sample(key: PRNGKeyArray, grammar: Grammar, process, x_t: ArrayLike
     """
     check_key("key", key)
     _check_grammar_and_process(grammar, process)
-    x_t, t, unbatched = _check_observation(process, "x_t", x_t, t)
+    x_t, t, unbatched = check_observation(process, "x_t", x_t, t)
     return _unbatch(_one_shot(key, grammar, process, x_t, t), unbatched)
 
 
@@ -280,8 +279,8 @@ def reverse_step(key: PRNGKeyArray, grammar: Grammar, process, x_t: ArrayLike, s
     check_key("key", key)
     _check_grammar_and_process(grammar, process, reversible=True)
     joint = check_bool("joint", joint)
-    x_t, t_checked, unbatched = _check_observation(process, "x_t", x_t, t)
-    s_checked = _check_time("s", s, x_t.shape[:1])
+    x_t, t_checked, unbatched = check_observation(process, "x_t", x_t, t)
+    s_checked = check_time("s", s, x_t.shape[:1])
     _check_earlier(s, t)  # the values as given, before rounding to float32
     return _unbatch(_reverse_step(key, grammar, process, x_t, s_checked, t_checked, joint),
                     unbatched)
@@ -341,8 +340,8 @@ def reverse_sample(key: PRNGKeyArray, grammar: Grammar, process, x_t: ArrayLike,
     _check_grammar_and_process(grammar, process, reversible=True)
     num_steps = check_int("num_steps", num_steps, minimum=1)
     joint = check_bool("joint", joint)
-    x_t, t_checked, unbatched = _check_observation(process, "x_t", x_t, t)
-    if _is_concrete(t_checked) and (np.asarray(t_checked) <= 0).any():
+    x_t, t_checked, unbatched = check_observation(process, "x_t", x_t, t)
+    if is_concrete(t_checked) and (np.asarray(t_checked) <= 0).any():
         raise ValueError("t = 0 must be > 0: reverse diffusion starts from a noisy time t and "
                          "runs back to 0")
     return _unbatch(_reverse_sample(key, grammar, process, x_t, t_checked, num_steps, joint),
@@ -386,7 +385,7 @@ def reconstruction_by_level(grammar: Grammar, x0_latents, x_hat_tokens: ArrayLik
     if not isinstance(grammar, Grammar):
         raise TypeError(f"grammar must be a Grammar, got {type(grammar).__name__}")
     cfg = grammar.config
-    x_hat_tokens = _check_tokens("x_hat_tokens", x_hat_tokens, cfg, cfg.v)
+    x_hat_tokens = check_tokens("x_hat_tokens", x_hat_tokens, cfg.d, cfg.v)
     unbatched = x_hat_tokens.ndim == 1
     if not isinstance(x0_latents, (tuple, list)) or len(x0_latents) != cfg.L + 1:
         raise ValueError(f"x0_latents must be a tuple of L + 1 = {cfg.L + 1} arrays (one per "

@@ -40,11 +40,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from rhm_jax import bp
+from rhm_jax.stats import json_float
 from rhm_jax.validation import check_int, check_key
 from rhm_jax.grammar import Grammar, check_grammar, sample_grammar, with_inverse_tables
 from rhm_jax.noise import EpsilonProcess
-from rhm_jax.parsing import _parse
-from rhm_jax.sampling import _sample_data
+from rhm_jax.parsing import parse_unchecked
+from rhm_jax.sampling import sample_data_unchecked
 from rhm_jax.sharding import (DATA_AXIS, auto_axes, batch_sharding, data_mesh, pad_to_multiple,
                               put_global, replicated)
 
@@ -143,7 +144,7 @@ def _observe(keys, grammars, times, process, leaf_likelihood):
     over_times = jax.vmap(_observation, in_axes=(None, None, None, 0, None), out_axes=1)
 
     def one_grammar(grammar):
-        data = jax.vmap(lambda key: _sample_data(key, grammar, 1, None, True))(data_keys)
+        data = jax.vmap(lambda key: sample_data_unchecked(key, grammar, 1, None, True))(data_keys)
         data = jax.tree.map(lambda x: x[:, 0], data)
         return data.latents, over_times(noise_keys, data.tokens, process, times, leaf_likelihood)
 
@@ -151,21 +152,21 @@ def _observe(keys, grammars, times, process, leaf_likelihood):
     return latents, evidence, post_keys
 
 
-def _bp_reconstruction(grammar, keys, loglik, latents):
+def bp_reconstruction(grammar, keys, loglik, latents):
     """Exact BP: one posterior draw of ``x̂0`` per row and the marginal estimator.
 
     Returns ``(tokens (rows, d), marginal (rows, L+1))``.
     """
     s = grammar.config.s
-    marginals, messages, _, _ = bp._marginals_internal(grammar, loglik)
+    marginals, messages, _, _ = bp.marginals_and_messages(grammar, loglik)
     # BP's internal node order is digit-reversed; the sampler returns natural order.
     marginal = jnp.stack([_true_symbol_probability(mu, bp.reverse_digits(x, s, axis=1))
                           for mu, x in zip(marginals, latents)], axis=-1)
-    drawn = bp._sample_tree(keys, grammar, messages, marginals[0][:, :, 0])
+    drawn = bp.sample_tree(keys, grammar, messages, marginals[0][:, :, 0])
     return drawn.tokens, marginal
 
 
-def _denoised(denoiser, params, key, x_t, t, config):
+def call_denoiser(denoiser, params, key, x_t, t, config):
     """``denoiser(params, key, x_t, t)``, its output checked (at trace time) and int32."""
     x_hat = denoiser(params, key, x_t, t)
     shape, dtype = jnp.shape(x_hat), jnp.result_type(x_hat)
@@ -177,10 +178,10 @@ def _denoised(denoiser, params, key, x_t, t, config):
     return x_hat.astype(jnp.int32)
 
 
-def _kept_and_valid(grammar, tokens, latents):
+def kept_and_valid(grammar, tokens, latents):
     """Per row and level: the fraction of nodes whose parsed symbol equals the true one
     (invalid nodes count as changed) and the fraction of valid nodes, each ``(rows, L+1)``."""
-    tree = _parse(grammar, tokens)
+    tree = parse_unchecked(grammar, tokens)
     kept = jnp.stack([jnp.mean(ok & (x_hat == x), axis=-1)
                       for ok, x_hat, x in zip(tree.valid, tree.latents, latents)], axis=-1)
     valid = jnp.stack([jnp.mean(ok, axis=-1) for ok in tree.valid], axis=-1)
@@ -209,18 +210,18 @@ def _chunk_sums(weights, grammar, latents, evidence, post_keys, times, params, d
         latents = [jnp.repeat(x, num_times, axis=0) for x in latents]
         evidence = evidence.reshape(rows, *evidence.shape[2:])
         if denoiser is None:
-            tokens, marginal = _bp_reconstruction(grammar, keys, evidence, latents)
+            tokens, marginal = bp_reconstruction(grammar, keys, evidence, latents)
         else:
             # One key per block: the first datum's (distinct data, distinct blocks).
-            tokens = _denoised(denoiser, params, keys[0], evidence, jnp.tile(times, c), cfg)
+            tokens = call_denoiser(denoiser, params, keys[0], evidence, jnp.tile(times, c), cfg)
             marginal = jnp.zeros((rows, cfg.L + 1), times.dtype)
-        kept, valid = _kept_and_valid(grammar, tokens, latents)
+        kept, valid = kept_and_valid(grammar, tokens, latents)
         stats = jnp.stack([marginal, kept.astype(marginal.dtype), valid.astype(marginal.dtype)],
                           axis=1)
         return stats.reshape(c, num_times, *stats.shape[1:])
 
     chunk = max(1, bp.default_chunk_size(cfg, n * num_times) // num_times)
-    stats = bp._map_chunks(per_data, (evidence, post_keys, latents), chunk, interleave=False)
+    stats = bp.map_chunks(per_data, (evidence, post_keys, latents), chunk, interleave=False)
     w = weights[:, None, None, None].astype(stats.dtype)  # stats: (n, T, 3, L+1)
     return jnp.stack([jnp.sum(w * stats, 0), jnp.sum(w * stats * stats, 0)], axis=2)
 
@@ -284,7 +285,7 @@ def _sweep_chunk(keys, weights, grammars, process, times, params, mesh, denoiser
                            mesh, denoiser)
 
 
-def _check_args(key, grammar, process, times, n_data, chunk_size, max_batch, denoiser,
+def check_sweep_args(key, grammar, process, times, n_data, chunk_size, max_batch, denoiser,
                 denoiser_params):
     key = check_key("key", key)
     if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
@@ -373,7 +374,7 @@ def forward_backward(key: jax.Array, grammar: Grammar, process, times, n_data: i
       >>> res.marginal is None, float(res.sampled[0, 0, 0])
       (True, 1.0)
     """
-    key, times, n_data, chunk_size, max_batch = _check_args(
+    key, times, n_data, chunk_size, max_batch = check_sweep_args(
         key, grammar, process, times, n_data, chunk_size, max_batch, denoiser, denoiser_params)
     stacked = grammar.rules[0].ndim == 4
     grammars = grammar if stacked else jax.tree.map(lambda r: r[None], grammar)
@@ -438,19 +439,15 @@ def to_rows(result: ForwardBackwardResult, config, process_name: str, **extra) -
             rows.append({
                 "v": config.v, "m": config.m, "s": config.s, "L": config.L,
                 "n_classes": config.n_classes, "process": process_name, "t": float(t),
-                "level": level, "P_marginal": _nan_to_none(marg[ti, level]),
-                "P_marginal_se": _nan_to_none(marg_se[ti, level]),
-                "P_marginal_se_grammars": _nan_to_none(marg_se_total[ti, level]),
+                "level": level, "P_marginal": json_float(marg[ti, level]),
+                "P_marginal_se": json_float(marg_se[ti, level]),
+                "P_marginal_se_grammars": json_float(marg_se_total[ti, level]),
                 "P_sampled": float(samp[ti, level]), "P_sampled_se": float(samp_se[ti, level]),
-                "P_sampled_se_grammars": _nan_to_none(samp_se_total[ti, level]),
+                "P_sampled_se_grammars": json_float(samp_se_total[ti, level]),
                 "valid": float(valid[ti, level]), "valid_se": float(valid_se[ti, level]),
-                "valid_se_grammars": _nan_to_none(valid_se_total[ti, level]),
+                "valid_se_grammars": json_float(valid_se_total[ti, level]),
                 "chance": 1.0 / (config.n_classes if level == 0 else config.v),
                 "changed_tokens": float(1.0 - samp[ti, -1]),
                 "n_data": result.n_data, "n_grammars": k, **extra})
     return rows
 
-
-def _nan_to_none(x):
-    x = float(x)
-    return None if math.isnan(x) else x

@@ -21,7 +21,7 @@ class InverseTable(NamedTuple):
 
     For each position ``k`` and child symbol ``b`` the ``C`` slots are listed, padded with
     the sentinel parent ``n_l`` (a zero row in the downward pass). This turns the downward
-    pass's scatter-add into gathers (DESIGN.md §3; see ``bp._downward_step``).
+    pass's scatter-add into gathers (DESIGN.md §3; see ``bp.downward_step``).
 
     Attributes:
       parent: ``(s, v, C)`` int32 parent symbol ``a`` of each slot (``n_l`` = padding).

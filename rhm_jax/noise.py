@@ -44,20 +44,23 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
-from rhm_jax.validation import check_key
+from rhm_jax.validation import check_key, check_tokens
 from rhm_jax.config import RHMConfig
 from rhm_jax.schedules import (
     Cosine,
     LinearAlphaBar,
     LinearBeta,
     Schedule,
-    _check_unit_interval,
-    _default_float_dtype,
-    _is_concrete,
+    check_unit_interval,
+    default_float_dtype,
+    is_concrete,
 )
 
 __all__ = [
     "LOG_FLOOR",
+    "PROCESSES",
+    "make_process",
+    "safe_log",
     "MIN_NOISE_VARIANCE",
     "NoiseProcess",
     "EpsilonProcess",
@@ -78,7 +81,7 @@ MIN_NOISE_VARIANCE: float = 1e-12
 
 
 # ---- small helpers ------------------------------------------------------------------------
-def _safe_log(p: Array) -> Array:
+def safe_log(p: Array) -> Array:
     """``log p`` with ``LOG_FLOOR`` where ``p <= 0`` (and no NaN in the gradient)."""
     positive = p > 0
     return jnp.where(positive, jnp.log(jnp.where(positive, p, 1.0)), LOG_FLOOR)
@@ -100,39 +103,21 @@ def _check_process_fields(process, *, schedule: bool = True) -> None:
         hash(process.schedule)  # a static jit argument must be hashable; fail early
 
 
-def _check_tokens(name: str, tokens, config: RHMConfig, num_values: int) -> Array:
-    """Integer array of shape (d,) or (n, d) with (concrete) values in [0, num_values)."""
-    dtype = jnp.result_type(tokens)
-    if dtype == jnp.bool_ or not jnp.issubdtype(dtype, jnp.integer):
-        raise TypeError(f"{name} must have an integer dtype, got {dtype}")
-    shape = jnp.shape(tokens)
-    if len(shape) not in (1, 2) or shape[-1] != config.d:
-        raise ValueError(
-            f"{name} has shape {shape}, but must be (d,) or (n, d) with d = s**L = {config.d}"
-        )
-    if _is_concrete(tokens):
-        array = np.asarray(tokens)
-        if array.size and (array.min() < 0 or array.max() >= num_values):
-            offending = array.min() if array.min() < 0 else array.max()
-            raise ValueError(f"{name} contains {offending}, but values must lie in [0, {num_values})")
-    return jnp.asarray(tokens, dtype=jnp.int32)
-
-
 def _check_float_array(name: str, values, expected_shape: tuple[int, ...]) -> Array:
     dtype = jnp.result_type(values)
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"{name} must have a floating dtype, got {dtype}")
     if jnp.shape(values) != expected_shape:
         raise ValueError(f"{name} has shape {jnp.shape(values)}, but must be {expected_shape}")
-    if _is_concrete(values) and not np.isfinite(np.asarray(values)).all():
+    if is_concrete(values) and not np.isfinite(np.asarray(values)).all():
         raise ValueError(f"{name} contains non-finite values; they must all be finite")
-    return jnp.asarray(values, dtype=_default_float_dtype())
+    return jnp.asarray(values, dtype=default_float_dtype())
 
 
 def _check_probs(name: str, probs, expected_shape: tuple[int, ...]) -> Array:
     """Per-token probability vectors over the v symbols (last axis sums to 1)."""
     probs = _check_float_array(name, probs, expected_shape)
-    if _is_concrete(probs):
+    if is_concrete(probs):
         array = np.asarray(probs, dtype=np.float64)
         if (array < 0).any():
             raise ValueError(f"{name} contains {array.min()}, but probabilities must be >= 0")
@@ -145,23 +130,23 @@ def _check_probs(name: str, probs, expected_shape: tuple[int, ...]) -> Array:
     return probs
 
 
-def _check_time(name: str, t, batch_shape: tuple[int, ...]) -> Array:
+def check_time(name: str, t, batch_shape: tuple[int, ...]) -> Array:
     """A time in [0, 1]: a scalar or one per sequence (shape ``batch_shape``; a list works)."""
-    t = _check_unit_interval(name, t)
+    t = check_unit_interval(name, t)
     shape = jnp.shape(t)
     if shape not in ((), batch_shape):
         raise ValueError(
             f"{name} has shape {shape}, but must be a scalar or one value per sequence "
             f"(shape {batch_shape})"
         )
-    return jnp.asarray(t, dtype=_default_float_dtype())
+    return jnp.asarray(t, dtype=default_float_dtype())
 
 
-def _check_time_pair(s, t, batch_shape: tuple[int, ...]) -> tuple[Array, Array]:
+def check_time_pair(s, t, batch_shape: tuple[int, ...]) -> tuple[Array, Array]:
     """Times of a reverse step, ``0 <= s <= t <= 1``."""
-    s_checked = _check_time("s", s, batch_shape)
-    t_checked = _check_time("t", t, batch_shape)
-    if _is_concrete(s) and _is_concrete(t):  # compare the values as given, before rounding
+    s_checked = check_time("s", s, batch_shape)
+    t_checked = check_time("t", t, batch_shape)
+    if is_concrete(s) and is_concrete(t):  # compare the values as given, before rounding
         s_arr, t_arr = np.broadcast_arrays(np.asarray(s, np.float64), np.asarray(t, np.float64))
         bad = s_arr > t_arr
         if bad.any():
@@ -180,7 +165,7 @@ def _alpha_bar_t_given_s(alpha_bar_s: Array, alpha_bar_t: Array) -> Array:
 
 
 def _sample_categorical(key: PRNGKeyArray, probs: Array) -> Array:
-    return jax.random.categorical(key, _safe_log(probs), axis=-1).astype(jnp.int32)
+    return jax.random.categorical(key, safe_log(probs), axis=-1).astype(jnp.int32)
 
 
 #: Decorator for the implementation methods: jitted with the (hashable) process static.
@@ -228,20 +213,20 @@ class EpsilonProcess:
     def corrupt(self, key: PRNGKeyArray, tokens: ArrayLike, t: ArrayLike) -> Int[Array, "*batch d"]:
         """Return ``tokens`` unchanged (after validation); ``key`` is unused but checked."""
         check_key("key", key)
-        tokens = _check_tokens("tokens", tokens, self.config, self.config.v)
-        _check_time("t", t, tokens.shape[:-1])
+        tokens = check_tokens("tokens", tokens, self.config.d, self.config.v)
+        check_time("t", t, tokens.shape[:-1])
         return tokens
 
     def leaf_log_likelihood(self, observation: ArrayLike, t: ArrayLike) -> Float[Array, "*batch d v"]:
         """``log((1-ε)·[a = x0_i] + ε/v)`` with ``ε = t``; ``observation`` = clean tokens."""
-        tokens = _check_tokens("observation", observation, self.config, self.config.v)
-        return self._leaf_log_likelihood(tokens, _check_time("t", t, tokens.shape[:-1]))
+        tokens = check_tokens("observation", observation, self.config.d, self.config.v)
+        return self._leaf_log_likelihood(tokens, check_time("t", t, tokens.shape[:-1]))
 
     @_jit_method
     def _leaf_log_likelihood(self, tokens: Array, epsilon: Array) -> Array:
         epsilon = _expand(epsilon, 2)
         onehot = jax.nn.one_hot(tokens, self.config.v, dtype=epsilon.dtype)
-        return _safe_log((1.0 - epsilon) * onehot + epsilon / self.config.v)
+        return safe_log((1.0 - epsilon) * onehot + epsilon / self.config.v)
 
 
 # ---- masking (absorbing) ------------------------------------------------------------------
@@ -298,8 +283,8 @@ class Masking:
     def corrupt(self, key: PRNGKeyArray, tokens: ArrayLike, t: ArrayLike) -> Int[Array, "*batch d"]:
         """Mask each token with probability ``1 - α_t`` (or an exact fraction)."""
         check_key("key", key)
-        tokens = _check_tokens("tokens", tokens, self.config, self.config.v)
-        return self._corrupt(key, tokens, _check_time("t", t, tokens.shape[:-1]))
+        tokens = check_tokens("tokens", tokens, self.config.d, self.config.v)
+        return self._corrupt(key, tokens, check_time("t", t, tokens.shape[:-1]))
 
     @_jit_method
     def _corrupt(self, key: PRNGKeyArray, tokens: Array, t: Array) -> Array:
@@ -316,19 +301,19 @@ class Masking:
 
     def leaf_log_likelihood(self, observation: ArrayLike, t: ArrayLike) -> Float[Array, "*batch d v"]:
         """0 for all ``a`` where masked, else 0 on the token and ``LOG_FLOOR`` elsewhere."""
-        observation = _check_tokens("observation", observation, self.config, self.num_states)
-        _check_time("t", t, observation.shape[:-1])  # the likelihood does not depend on t
+        observation = check_tokens("observation", observation, self.config.d, self.num_states)
+        check_time("t", t, observation.shape[:-1])  # the likelihood does not depend on t
         return self._leaf_log_likelihood(observation)
 
     @_jit_method
     def _leaf_log_likelihood(self, observation: Array) -> Array:
         is_token = jax.nn.one_hot(observation, self.config.v, dtype=bool)  # mask -> all False
         is_masked = (observation == self.mask_token)[..., None]
-        return jnp.where(is_token | is_masked, 0.0, LOG_FLOOR).astype(_default_float_dtype())
+        return jnp.where(is_token | is_masked, 0.0, LOG_FLOOR).astype(default_float_dtype())
 
     def _check_reverse_inputs(self, x_t, s, t, x0_probs):
-        x_t = _check_tokens("x_t", x_t, self.config, self.num_states)
-        s, t = _check_time_pair(s, t, x_t.shape[:-1])
+        x_t = check_tokens("x_t", x_t, self.config.d, self.num_states)
+        s, t = check_time_pair(s, t, x_t.shape[:-1])
         x0_probs = _check_probs("x0_probs", x0_probs, x_t.shape + (self.config.v,))
         return x_t, s, t, x0_probs
 
@@ -368,8 +353,8 @@ class Masking:
         self, x_t: ArrayLike, s: ArrayLike, t: ArrayLike, x0: ArrayLike
     ) -> Float[Array, "*batch d K"]:
         """``q(x_s | x_t, x0)`` for known integer tokens ``x0`` (one-hot ``x0_probs``)."""
-        x0 = _check_tokens("x0", x0, self.config, self.config.v)
-        return self.reverse_kernel(x_t, s, t, jax.nn.one_hot(x0, self.config.v, dtype=_default_float_dtype()))
+        x0 = check_tokens("x0", x0, self.config.d, self.config.v)
+        return self.reverse_kernel(x_t, s, t, jax.nn.one_hot(x0, self.config.v, dtype=default_float_dtype()))
 
     def sample_reverse(
         self, key: PRNGKeyArray, x_t: ArrayLike, s: ArrayLike, t: ArrayLike, x0_probs: ArrayLike
@@ -423,8 +408,8 @@ class UniformSubstitution:
     def corrupt(self, key: PRNGKeyArray, tokens: ArrayLike, t: ArrayLike) -> Int[Array, "*batch d"]:
         """Keep each token with probability ``ᾱ_t``, otherwise draw it uniformly."""
         check_key("key", key)
-        tokens = _check_tokens("tokens", tokens, self.config, self.config.v)
-        return self._corrupt(key, tokens, _check_time("t", t, tokens.shape[:-1]))
+        tokens = check_tokens("tokens", tokens, self.config.d, self.config.v)
+        return self._corrupt(key, tokens, check_time("t", t, tokens.shape[:-1]))
 
     @_jit_method
     def _corrupt(self, key: PRNGKeyArray, tokens: Array, t: Array) -> Array:
@@ -436,18 +421,18 @@ class UniformSubstitution:
 
     def leaf_log_likelihood(self, observation: ArrayLike, t: ArrayLike) -> Float[Array, "*batch d v"]:
         """``log(ᾱ_t·[a = x_t,i] + (1-ᾱ_t)/v)``."""
-        observation = _check_tokens("observation", observation, self.config, self.config.v)
-        return self._leaf_log_likelihood(observation, _check_time("t", t, observation.shape[:-1]))
+        observation = check_tokens("observation", observation, self.config.d, self.config.v)
+        return self._leaf_log_likelihood(observation, check_time("t", t, observation.shape[:-1]))
 
     @_jit_method
     def _leaf_log_likelihood(self, observation: Array, t: Array) -> Array:
         alpha_bar = _expand(self.schedule.alpha_bar(t), 2)
         onehot = jax.nn.one_hot(observation, self.config.v, dtype=alpha_bar.dtype)
-        return _safe_log(alpha_bar * onehot + (1.0 - alpha_bar) / self.config.v)
+        return safe_log(alpha_bar * onehot + (1.0 - alpha_bar) / self.config.v)
 
     def _check_reverse_inputs(self, x_t, s, t, x0_probs):
-        x_t = _check_tokens("x_t", x_t, self.config, self.config.v)
-        s, t = _check_time_pair(s, t, x_t.shape[:-1])
+        x_t = check_tokens("x_t", x_t, self.config.d, self.config.v)
+        s, t = check_time_pair(s, t, x_t.shape[:-1])
         x0_probs = _check_probs("x0_probs", x0_probs, x_t.shape + (self.config.v,))
         return x_t, s, t, x0_probs
 
@@ -479,8 +464,8 @@ class UniformSubstitution:
         self, x_t: ArrayLike, s: ArrayLike, t: ArrayLike, x0: ArrayLike
     ) -> Float[Array, "*batch d v"]:
         """``q(x_s | x_t, x0)`` for known integer tokens ``x0`` (one-hot ``x0_probs``)."""
-        x0 = _check_tokens("x0", x0, self.config, self.config.v)
-        return self.reverse_kernel(x_t, s, t, jax.nn.one_hot(x0, self.config.v, dtype=_default_float_dtype()))
+        x0 = check_tokens("x0", x0, self.config.d, self.config.v)
+        return self.reverse_kernel(x_t, s, t, jax.nn.one_hot(x0, self.config.v, dtype=default_float_dtype()))
 
     def sample_reverse(
         self, key: PRNGKeyArray, x_t: ArrayLike, s: ArrayLike, t: ArrayLike, x0_probs: ArrayLike
@@ -528,7 +513,7 @@ class Gaussian:
     def __post_init__(self):
         _check_process_fields(self)
 
-    def _check_observation(self, name: str, x_t) -> Array:
+    def check_observation(self, name: str, x_t) -> Array:
         shape = jnp.shape(x_t)
         tail = (self.config.d, self.config.v)
         if len(shape) not in (2, 3) or shape[-2:] != tail:
@@ -546,8 +531,8 @@ class Gaussian:
     def corrupt(self, key: PRNGKeyArray, tokens: ArrayLike, t: ArrayLike) -> Float[Array, "*batch d v"]:
         """``sqrt(ᾱ_t)·onehot(x0) + sqrt(1-ᾱ_t)·η``."""
         check_key("key", key)
-        tokens = _check_tokens("tokens", tokens, self.config, self.config.v)
-        return self._corrupt(key, tokens, _check_time("t", t, tokens.shape[:-1]))
+        tokens = check_tokens("tokens", tokens, self.config.d, self.config.v)
+        return self._corrupt(key, tokens, check_time("t", t, tokens.shape[:-1]))
 
     @_jit_method
     def _corrupt(self, key: PRNGKeyArray, tokens: Array, t: Array) -> Array:
@@ -563,8 +548,8 @@ class Gaussian:
         entry is ``<= 0`` (``-inf`` where the gap overflows the float), so huge finite
         observations never give ``+inf`` or NaN, and BP's ``log_evidence`` is ``<= 0``.
         """
-        x_t = self._check_observation("observation", observation)
-        return self._leaf_log_likelihood(x_t, _check_time("t", t, x_t.shape[:-2]))
+        x_t = self.check_observation("observation", observation)
+        return self._leaf_log_likelihood(x_t, check_time("t", t, x_t.shape[:-2]))
 
     @_jit_method
     def _leaf_log_likelihood(self, x_t: Array, t: Array) -> Array:
@@ -578,8 +563,8 @@ class Gaussian:
 
     def score(self, x_t: ArrayLike, t: ArrayLike, x0_mean: ArrayLike) -> Float[Array, "*batch d v"]:
         """``∇ log p_t(x_t) = (sqrt(ᾱ_t)·E[x0 | x_t] - x_t)/(1-ᾱ_t)`` (DESIGN.md §3)."""
-        x_t = self._check_observation("x_t", x_t)
-        t = _check_time("t", t, x_t.shape[:-2])
+        x_t = self.check_observation("x_t", x_t)
+        t = check_time("t", t, x_t.shape[:-2])
         return self._score(x_t, t, _check_float_array("x0_mean", x0_mean, x_t.shape))
 
     @_jit_method
@@ -597,8 +582,8 @@ class Gaussian:
         ``variance = β_{t|s}·(1-ᾱ_s)/(1-ᾱ_t)`` (broadcast to the shape of ``x_t``). At
         ``ᾱ_t = 1`` (so ``ᾱ_s = 1``) the posterior is a point mass at ``x_t``.
         """
-        x_t = self._check_observation("x_t", x_t)
-        s, t = _check_time_pair(s, t, x_t.shape[:-2])
+        x_t = self.check_observation("x_t", x_t)
+        s, t = check_time_pair(s, t, x_t.shape[:-2])
         x0_mean = _check_float_array("x0_mean", x0_mean, x_t.shape)
         return self._posterior_mean_variance(x_t, s, t, x0_mean)
 
@@ -620,8 +605,8 @@ class Gaussian:
         self, key: PRNGKeyArray, x_t: ArrayLike, s: ArrayLike, t: ArrayLike, x0_probs: ArrayLike
     ) -> Float[Array, "*batch d v"]:
         """Draw ``x_s`` from the posterior with ``x0`` replaced by ``E[onehot(x0)] = x0_probs``."""
-        x_t = self._check_observation("x_t", x_t)
-        s, t = _check_time_pair(s, t, x_t.shape[:-2])
+        x_t = self.check_observation("x_t", x_t)
+        s, t = check_time_pair(s, t, x_t.shape[:-2])
         x0_probs = _check_probs("x0_probs", x0_probs, x_t.shape)
         check_key("key", key)
         return self._sample_reverse(key, x_t, s, t, x0_probs)
@@ -630,3 +615,21 @@ class Gaussian:
     def _sample_reverse(self, key, x_t, s, t, x0_probs) -> Array:
         mean, variance = self._posterior_mean_variance(x_t, s, t, x0_probs)
         return mean + jnp.sqrt(variance) * jax.random.normal(key, mean.shape, dtype=mean.dtype)
+
+
+#: The noise processes by the name every command and function uses for them.
+PROCESSES = {"epsilon": EpsilonProcess, "masking": Masking, "uniform": UniformSubstitution,
+             "gaussian": Gaussian}
+
+
+def make_process(name: str, config: RHMConfig, **kwargs):
+    """The noise process called ``name`` (a key of :data:`PROCESSES`) for ``config``.
+
+    Examples:
+      >>> from rhm_jax import RHMConfig
+      >>> make_process("masking", RHMConfig(v=4, m=2, s=2, L=2)).__class__.__name__
+      'Masking'
+    """
+    if name not in PROCESSES:
+        raise ValueError(f"process = {name!r} is not one of {', '.join(PROCESSES)}")
+    return PROCESSES[name](config, **kwargs)

@@ -99,7 +99,7 @@ def _slots(rules: jax.Array, children: jax.Array, v: int, method: str) -> jax.Ar
     return jnp.where(ordered[position] == codes, order[position], -1).astype(jnp.int32)
 
 
-def _parse(grammar: Grammar, tokens: jax.Array, method: str = "auto") -> Parse:
+def parse_unchecked(grammar: Grammar, tokens: jax.Array, method: str = "auto") -> Parse:
     """:func:`parse` on an ``(n, d)`` batch, traceable (no checks; ``method`` static)."""
     cfg = grammar.config
     method = resolve_method(cfg, method)
@@ -120,7 +120,7 @@ def _parse(grammar: Grammar, tokens: jax.Array, method: str = "auto") -> Parse:
 
 @partial(jax.jit, static_argnames=("method",))
 def _parse_jit(grammar, tokens, method):
-    return _parse(grammar, tokens, method)
+    return parse_unchecked(grammar, tokens, method)
 
 
 def parse(grammar: Grammar, tokens, *, method: str = "auto") -> Parse:

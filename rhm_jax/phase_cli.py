@@ -18,20 +18,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-PROCESSES = ("epsilon", "masking", "uniform", "gaussian")
+from rhm_jax.noise import PROCESSES, make_process
 DEFAULT_DEPTHS = (3, 5, 7)
 QUICK_DEPTHS = (2, 3)
-
-
-def make_process(name: str, config):
-    """The noise process called ``name`` for ``config`` (see :data:`PROCESSES`)."""
-    from rhm_jax import noise
-
-    factories = {"epsilon": noise.EpsilonProcess, "masking": noise.Masking,
-                 "uniform": noise.UniformSubstitution, "gaussian": noise.Gaussian}
-    if name not in factories:
-        raise ValueError(f"process = {name!r} is not one of {', '.join(PROCESSES)}")
-    return factories[name](config)
 
 
 class TimeGrid(NamedTuple):

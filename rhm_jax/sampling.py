@@ -21,7 +21,7 @@ import numpy as np
 from rhm_jax.validation import check_bool, check_fits, check_int, check_int_values, check_key
 from rhm_jax.config import RHMConfig
 from rhm_jax.grammar import Grammar, check_grammar
-from rhm_jax.parsing import _parse
+from rhm_jax.parsing import parse_unchecked
 
 
 class Data(NamedTuple):
@@ -61,7 +61,7 @@ def _expand(grammar: Grammar, classes: jax.Array, psi: jax.Array) -> tuple:
 
 
 @partial(jax.jit, static_argnames=("n", "return_latents"))
-def _sample_data(key, grammar, n, classes, return_latents):
+def sample_data_unchecked(key, grammar, n, classes, return_latents):
     cfg = grammar.config
     class_key, psi_key = jax.random.split(key)
     if classes is None:
@@ -130,7 +130,7 @@ def sample_data(key: jax.Array, grammar: Grammar, n: int, *, classes=None,
                 f"[{int(classes.min())}, {int(classes.max())}]")
         classes = jnp.asarray(classes, jnp.int32)
     check_fits(f"sample_data(n={n}) at d = {cfg.s}**{cfg.L} tokens", sample_data_bytes(cfg, n))
-    return _sample_data(key, grammar, n, classes, return_latents)
+    return sample_data_unchecked(key, grammar, n, classes, return_latents)
 
 
 # ---- exact indexing -----------------------------------------------------------------------
@@ -247,7 +247,7 @@ def digits_from_tokens(grammar: Grammar, tokens):
 
 @jax.jit
 def _digits_from_tokens(grammar: Grammar, tokens: jax.Array):
-    tree = _parse(grammar, tokens)  # the class, then each internal node's rule choice
+    tree = parse_unchecked(grammar, tokens)  # the class, then each internal node's rule choice
     return jnp.concatenate([tree.latents[0], *tree.choices], axis=1), tree.valid[0][:, 0]
 
 

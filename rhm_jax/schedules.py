@@ -34,17 +34,17 @@ __all__ = ["Schedule", "LinearBeta", "Cosine", "LinearAlphaBar"]
 
 
 # ---- shared validation helpers (also used by rhm_jax.noise) -------------------------------
-def _is_concrete(value) -> bool:
+def is_concrete(value) -> bool:
     """True when ``value`` holds actual numbers (not a tracer under jit/vmap/grad)."""
     return not isinstance(value, jax.core.Tracer)
 
 
-def _default_float_dtype():
+def default_float_dtype():
     """float32, or float64 under ``JAX_ENABLE_X64`` (decided at call time, not import)."""
     return jnp.result_type(float)
 
 
-def _check_unit_interval(name: str, value):
+def check_unit_interval(name: str, value):
     """Raise if ``value`` is not real, or (when concrete) has entries outside ``[0, 1]``.
 
     Returns ``value``, with a list or tuple (one time per sequence) made a NumPy array.
@@ -62,7 +62,7 @@ def _check_unit_interval(name: str, value):
     dtype = jnp.result_type(value)
     if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
         raise TypeError(f"{name} must be a real number or array, got dtype {dtype}")
-    if _is_concrete(value):
+    if is_concrete(value):
         array = np.asarray(value, dtype=np.float64)
         bad = ~((array >= 0.0) & (array <= 1.0))  # also catches NaN
         if bad.any():
@@ -73,7 +73,7 @@ def _check_unit_interval(name: str, value):
 
 def _as_time(name: str, value) -> Array:
     """Validate a time (or ε) and return it as a default-float jnp array."""
-    return jnp.asarray(_check_unit_interval(name, value), dtype=_default_float_dtype())
+    return jnp.asarray(check_unit_interval(name, value), dtype=default_float_dtype())
 
 
 def _check_positive_finite(name: str, value, *, allow_zero: bool = False) -> None:
@@ -190,7 +190,7 @@ class LinearBeta:
         dtype = jnp.result_type(k)
         if not jnp.issubdtype(dtype, jnp.integer):
             raise TypeError(f"{name} must be an integer step, got dtype {dtype}")
-        if _is_concrete(k):
+        if is_concrete(k):
             array = np.asarray(k)
             bad = (array < minimum) | (array > self.T)
             if bad.any():
@@ -201,13 +201,13 @@ class LinearBeta:
     def alpha_bar_at_step(self, k: ArrayLike) -> Float[Array, "..."]:
         """Exact ``ᾱ_k = Π_{i≤k}(1-β_i)`` for integer steps ``k`` in ``0..T``."""
         k = self._check_step("k", k, 0)
-        table = jnp.asarray(self._log_alpha_bar_table(), dtype=_default_float_dtype())
+        table = jnp.asarray(self._log_alpha_bar_table(), dtype=default_float_dtype())
         return jnp.exp(table[k])
 
     def beta(self, k: ArrayLike) -> Float[Array, "..."]:
         """``β_k = 1 - ᾱ_k/ᾱ_{k-1}`` for integer steps ``k`` in ``1..T``."""
         k = self._check_step("k", k, 1)
-        dtype = _default_float_dtype()
+        dtype = default_float_dtype()
         if self.product_from_zero:
             table = self._log_alpha_bar_table()
             step_betas = -np.expm1(np.diff(table))  # exact in float64, then cast

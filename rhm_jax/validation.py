@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 __all__ = ["describe", "check_int", "check_bool", "check_key", "check_int_values",
-           "format_bytes", "memory_limit", "check_fits"]
+           "check_tokens", "format_bytes", "memory_limit", "check_fits"]
 
 
 def _is_traced(value) -> bool:
@@ -207,3 +207,28 @@ def check_fits(what: str, num_bytes: int, device=None, *, host: bool = False,
         raise ValueError(f"{what} would allocate about {format_bytes(num_bytes)}, more than "
                          f"{where}: {advice}")
     return num_bytes
+
+
+def check_tokens(name: str, tokens, d: int, num_values: int, *, batched: bool = False):
+    """An integer token array of shape ``(d,)`` or ``(n, d)`` (only ``(n, d)`` when
+    ``batched``) whose concrete values lie in ``[0, num_values)``, as int32.
+
+    The range is checked on the values as given, before the cast: ``2**32 + 3`` is out of
+    range, not ``3``. Under ``jax.jit`` a traced array gets the dtype and shape checks.
+    """
+    import jax.numpy as jnp
+
+    dtype = jnp.result_type(tokens)
+    if dtype == jnp.bool_ or not jnp.issubdtype(dtype, jnp.integer):
+        raise TypeError(f"{name} must have an integer dtype, got {dtype}")
+    shape = jnp.shape(tokens)
+    ndims = (2,) if batched else (1, 2)
+    if len(shape) not in ndims or shape[-1] != d:
+        allowed = "(n, d)" if batched else "(d,) or (n, d)"
+        raise ValueError(f"{name} has shape {shape}, but must be {allowed} with d = s**L = {d}")
+    if not _is_traced(tokens):
+        array = np.asarray(tokens)
+        if array.size and (array.min() < 0 or array.max() >= num_values):
+            offending = array.min() if array.min() < 0 else array.max()
+            raise ValueError(f"{name} contains {offending}, but values must lie in [0, {num_values})")
+    return jnp.asarray(tokens, dtype=jnp.int32)

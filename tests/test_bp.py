@@ -182,11 +182,11 @@ def test_map_chunks_orders_give_the_unchunked_result(interleave, chunk):
 
     def per_chunk(batch):
         x, k = batch
-        marginals = bp._marginals_internal(g, x)[0]
+        marginals = bp.marginals_and_messages(g, x)[0]
         return marginals[-1], jax.vmap(lambda key: jax.random.uniform(key))(k)
 
     whole = per_chunk((loglik, keys))
-    parts = bp._map_chunks(per_chunk, (loglik, keys), chunk, interleave=interleave)
+    parts = bp.map_chunks(per_chunk, (loglik, keys), chunk, interleave=interleave)
     np.testing.assert_allclose(parts[0], whole[0], rtol=1e-6, atol=1e-7)
     np.testing.assert_array_equal(parts[1], whole[1])
 

@@ -94,7 +94,7 @@ def test_token_stats_counts_ties_of_bp_as_agreement():
     est = jnp.array([[[0.3, 0.6, 0.05, 0.05], [0.1, 0.8, 0.05, 0.05], [0.1, 0.1, 0.1, 0.7]]])
     include = jnp.array([[True, True, False]])
     kl, top1, sq, count, regret, clear_top1, clear = np.asarray(
-        compare._token_stats(ref, est, include))[0]
+        compare.token_stats(ref, est, include))[0]
     ref64, est64 = np.asarray(ref, np.float64)[0, :2], np.asarray(est, np.float64)[0, :2]
     expected_kl = np.sum(np.where(ref64 > 0, ref64 * np.log(np.where(ref64 > 0, ref64, 1) / est64), 0))
     assert count == 2 and top1 == 1  # the tie counts, the wrong argmax does not

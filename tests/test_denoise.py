@@ -12,7 +12,7 @@ from rhm_jax import RHMConfig, bp, sample_data, sample_grammar
 from rhm_jax.denoise import (Denoiser, ModelConfig, TrainConfig, TreeUNet, generate, load_run,
                              make_objective, reverse_sample, train)
 from rhm_jax.denoise.sampling import reverse_chain
-from rhm_jax.denoise.train import _batch, _datasets, init_state, make_eval, make_train_steps
+from rhm_jax.denoise.train import _batch, datasets, init_state, make_eval, make_train_steps
 
 CFG = RHMConfig(v=8, m=2, s=2, L=3)
 LOSSES = ("masked_elbo", "d3pm", "gaussian_x0", "gaussian_eps")
@@ -149,7 +149,7 @@ def test_held_out_loss_does_not_depend_on_the_training_batch_size(grammar):
     floors = []
     for batch_size in (16, 256):
         config = _tiny("masked_elbo", test_size=600, batch_size=batch_size)
-        _, test_tokens = _datasets(config, grammar)
+        _, test_tokens = datasets(config, grammar)
         floors.append(bp_floor(config, grammar, test_tokens))
     assert floors[0] == floors[1]
 
@@ -160,7 +160,7 @@ def test_a_few_steps_lower_the_held_out_loss(loss, arch):
     config = _tiny(loss, arch, m=4, L=2, test_size=256, batch_size=64)
     grammar = sample_grammar(jax.random.key(config.grammar_seed), config.rhm_config)
     graphdef, state = init_state(config)
-    _, test = _datasets(config, grammar)
+    _, test = datasets(config, grammar)
     evaluate = make_eval(config, graphdef)
     keys = jax.random.split(jax.random.key(9), 4)
 
@@ -225,7 +225,7 @@ def test_resume_gives_bit_identical_parameters(tmp_path, finished_run):
 def test_fixed_training_set_is_visited_once_per_epoch_and_disjoint_from_test():
     config = _tiny("masked_elbo", train_size=48, batch_size=16)
     grammar = sample_grammar(jax.random.key(0), config.rhm_config)
-    train_tokens, test_tokens = _datasets(config, grammar)
+    train_tokens, test_tokens = datasets(config, grammar)
     key = jax.random.key(1)
     seen = np.concatenate([np.asarray(_batch(config, grammar, train_tokens, key, jnp.int32(k)))
                            for k in range(6)])  # two epochs of three batches

@@ -225,8 +225,8 @@ def test_bp_path_equals_a_slow_per_datum_reimplementation(small_grammar):
     cfg, grammar, proc = SMALL, small_grammar, UniformSubstitution(SMALL)
     times, n_data = np.array([0.2, 0.5, 0.8]), 10
     res = forward_backward(jax.random.key(3), grammar, proc, times, n_data, chunk_size=4)
-    internal = jax.jit(bp._marginals_internal)
-    draw = jax.jit(bp._sample_tree)
+    internal = jax.jit(bp.marginals_and_messages)
+    draw = jax.jit(bp.sample_tree)
     marginal = np.zeros((n_data, len(times), cfg.L + 1))
     sampled = np.zeros_like(marginal)
     for i in range(n_data):

@@ -7,7 +7,7 @@ import pytest
 
 from rhm_jax import Grammar, RHMConfig, bp, grammar_from_rules, sample_data
 from rhm_jax.noise import LOG_FLOOR
-from rhm_jax.parsing import INVALID, METHODS, TABLE_LIMIT, _parse, parse, resolve_method
+from rhm_jax.parsing import INVALID, METHODS, TABLE_LIMIT, parse_unchecked, parse, resolve_method
 
 # Tiny grammars on which every one of the v**d sequences can be parsed: s = 2 and s = 3,
 # and fewer classes than symbols (n_0 != n_l).
@@ -191,7 +191,7 @@ def test_jit_vmap_over_grammars_and_one_trace():
                                                                    for i in range(3)))), config)
     tokens = jnp.stack([sample_data(jax.random.key(i), jax.tree.map(lambda r: r[i], stack), 5).tokens
                         for i in range(3)])
-    mapped_parse = jax.jit(jax.vmap(lambda g, t: _parse(g, t)))
+    mapped_parse = jax.jit(jax.vmap(lambda g, t: parse_unchecked(g, t)))
     mapped = mapped_parse(stack, tokens)
     for i in range(3):
         alone = parse(jax.tree.map(lambda r: r[i], stack), tokens[i])

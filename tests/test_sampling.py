@@ -215,7 +215,7 @@ def test_jit_and_no_jit_agree(small_grammar, small_data):
 
 
 def test_inner_sampler_compiles_once_for_new_keys(small_grammar, small_data):
-    inner = sampling._sample_data.__wrapped__
+    inner = sampling.sample_data_unchecked.__wrapped__
     counted = chex.assert_max_traces(inner, n=1)
     fn = jax.jit(counted, static_argnames=("n", "return_latents"))
     chex.clear_trace_counter()

@@ -58,13 +58,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rhm_jax.validation import check_int, check_key
+from rhm_jax.validation import check_int, check_key, check_tokens
 from rhm_jax.denoise.models import Transformer, TreeUNet
-from rhm_jax.denoise.objectives import D3PMBound, GaussianEps, _safe_log
+from rhm_jax.denoise.objectives import PROCESS_OF_OBJECTIVE, D3PMBound, GaussianEps
 from rhm_jax.denoise.sampling import (Denoiser, check_num_steps, generate, prior_sample,
                                       reverse_chain, reverse_sample)
+from rhm_jax.stats import json_float, mean_se, nan_mean, ratio_se
 from rhm_jax.grammar import Grammar, check_grammar, with_inverse_tables
-from rhm_jax.noise import LOG_FLOOR, Gaussian, Masking
+from rhm_jax.noise import LOG_FLOOR, Gaussian, Masking, safe_log
 from rhm_jax.parsing import parse
 
 __all__ = ["Agreement", "LossComparison", "SampleStats", "Representation", "RunComparison",
@@ -141,31 +142,6 @@ def bp_predictor(objective, grammar: Grammar):
 
 
 # ---- small helpers ------------------------------------------------------------------------
-def _ratio(sums: np.ndarray, counts: np.ndarray) -> tuple[float, float]:
-    """Ratio estimate ``Σ sums / Σ counts`` over data and its standard error (delta method
-    over data); NaN when nothing was counted."""
-    sums, counts = np.asarray(sums, np.float64), np.asarray(counts, np.float64)
-    used = counts > 0
-    n = int(used.sum())
-    if n == 0:
-        return math.nan, math.nan
-    sums, counts = sums[used], counts[used]
-    mean = sums.sum() / counts.sum()
-    if n == 1:
-        return float(mean), math.nan
-    resid = sums - mean * counts
-    se = math.sqrt(np.sum(resid**2) / (n * (n - 1))) / counts.mean()
-    return float(mean), float(se)
-
-
-def _mean_se(x) -> tuple[float, float]:
-    x = np.asarray(x, np.float64)
-    if x.size == 0:
-        return math.nan, math.nan
-    se = x.std(ddof=1) / math.sqrt(x.size) if x.size > 1 else math.nan
-    return float(x.mean()), float(se)
-
-
 def _host_chunks(fn, n: int, chunk: int, *arrays):
     """``fn(index, *chunk_arrays)`` over ``[0, n)`` in fixed-size chunks (the last padded by
     repeating the final row, so every call has one compiled shape); outputs concatenated
@@ -217,19 +193,6 @@ def default_num_steps(objective, d: int) -> int | None:
 def sampler_name(num_steps) -> str:
     """``"first_hit"`` (one token at a time) for ``num_steps=None``, else ``"grid"``."""
     return "first_hit" if num_steps is None else "grid"
-
-
-def _check_tokens(name: str, tokens, config) -> np.ndarray:
-    array = np.asarray(tokens)
-    if array.ndim != 2 or array.shape[1] != config.d:
-        raise ValueError(f"{name} has shape {array.shape}, but must be (n, d) with d = "
-                         f"{config.d}")
-    if not np.issubdtype(array.dtype, np.integer):
-        raise TypeError(f"{name} must hold integer tokens, got dtype {array.dtype}")
-    if array.size and (array.min() < 0 or array.max() >= config.v):
-        raise ValueError(f"{name} must hold tokens in [0, v={config.v}), got values in "
-                         f"[{array.min()}, {array.max()}]")
-    return array.astype(np.int32)
 
 
 # ---- the empirical posterior of a training set --------------------------------------------
@@ -318,12 +281,12 @@ def _empirical_target(objective, marginals, loglik):
     """The loss's target computed from posterior marginals: the marginals themselves, or
     for D3PM the message ``∝ μ / lik`` (what BP's downward message is for BP's marginals)."""
     if isinstance(objective, D3PMBound):
-        return jax.nn.softmax(_safe_log(marginals) - loglik, axis=-1)
+        return jax.nn.softmax(safe_log(marginals) - loglik, axis=-1)
     return marginals
 
 
 # ---- per-t agreement with BP --------------------------------------------------------------
-def _token_stats(ref, est, include, floor: float = 0.0):
+def token_stats(ref, est, include, floor: float = 0.0):
     """Per datum, over the included tokens: ``Σ KL(ref ‖ est)``, ``Σ top-1 agreement``,
     ``Σ ‖est - ref‖²``, their number, ``Σ top-1 regret`` (``max ref - ref[argmax est]``),
     and over the clear ones (``ref``'s top two differ by at least :data:`CLEAR_MARGIN`)
@@ -333,7 +296,7 @@ def _token_stats(ref, est, include, floor: float = 0.0):
     est = jnp.clip(est, floor, None)
     est = est / jnp.maximum(jnp.sum(est, axis=-1, keepdims=True), _PROB_FLOOR)
     log_est = jnp.log(jnp.maximum(est, _PROB_FLOOR))
-    kl = jnp.sum(jnp.where(ref > 0, ref * (_safe_log(ref) - log_est), 0.0), axis=-1)
+    kl = jnp.sum(jnp.where(ref > 0, ref * (safe_log(ref) - log_est), 0.0), axis=-1)
     kl = jnp.maximum(kl, 0.0)  # exact KL >= 0; float rounding can dip below
     picked = jnp.take_along_axis(ref, jnp.argmax(est, axis=-1)[..., None], axis=-1)[..., 0]
     top_two = jax.lax.top_k(ref, 2)[0]
@@ -360,15 +323,15 @@ def _agreement_chunk(predict, params, objective, grammar, key, x0, t, train_toke
         include = jnp.ones(x0.shape, bool)
     # the ε-network's implied mean is no distribution: floored (module docstring)
     floor = EPS_MEAN_FLOOR if isinstance(objective, GaussianEps) else 0.0
-    stats = {"bp": _token_stats(ref, est, include, floor)}
+    stats = {"bp": token_stats(ref, est, include, floor)}
     if train_tokens is not None:
         loglik = process.leaf_log_likelihood(x_t, t)
         marginals, log_evidence = _empirical(train_tokens, loglik, empirical_chunk)
         emp = _empirical_target(objective, marginals, loglik)
         explained = log_evidence > 0.5 * LOG_FLOOR  # some training datum agrees with x_t
         emp_include = include & explained[:, None]
-        stats["emp"] = _token_stats(emp, est, emp_include, floor)
-        stats["emp_vs_bp"] = _token_stats(emp, ref, emp_include)  # KL(emp ‖ BP), finite
+        stats["emp"] = token_stats(emp, est, emp_include, floor)
+        stats["emp_vs_bp"] = token_stats(emp, ref, emp_include)  # KL(emp ‖ BP), finite
         stats["explained"] = explained.astype(ref.dtype)
     return stats
 
@@ -453,7 +416,7 @@ def agreement(key, predict, params, objective, grammar: Grammar, x0, times, *,
     if getattr(objective.process, "config", None) != cfg:
         raise ValueError(f"the objective's process has config {objective.process.config}, "
                          f"but grammar.config = {cfg}")
-    x0 = _check_tokens("x0", x0, cfg)
+    x0 = np.asarray(check_tokens("x0", x0, cfg.d, cfg.v, batched=True))
     times = snap_times(objective, times)
     repeats = check_int("repeats", repeats, 1)
     chunk_size = check_int("chunk_size", chunk_size, 1)
@@ -462,7 +425,7 @@ def agreement(key, predict, params, objective, grammar: Grammar, x0, times, *,
     empirical_chunk = check_int("empirical_chunk", empirical_chunk, 1)
     train = None
     if train_tokens is not None:
-        train = jnp.asarray(_check_tokens("train_tokens", train_tokens, cfg))
+        train = check_tokens("train_tokens", train_tokens, cfg.d, cfg.v, batched=True)
         empirical_chunk = min(empirical_chunk, train.shape[0])
     grammar = with_inverse_tables(grammar)
     n = x0.shape[0]
@@ -482,11 +445,11 @@ def agreement(key, predict, params, objective, grammar: Grammar, x0, times, *,
             sums = out if sums is None else jax.tree.map(np.add, sums, out)
         bp = sums["bp"]
         for name, column in (("kl", 0), ("top1", 1), ("sq_error", 2)):
-            mean, se = _ratio(bp[:, column], bp[:, 3])
+            mean, se = ratio_se(bp[:, column], bp[:, 3])
             fields[name].append(mean)
             fields[f"{name}_se"].append(se)
         for name, column, count in (("regret", 4, 3), ("top1_clear", 5, 6)):
-            mean, se = _ratio(bp[:, column], bp[:, count])
+            mean, se = ratio_se(bp[:, column], bp[:, count])
             fields[name].append(mean)
             fields[f"{name}_se"].append(se)
         fields["clear"].append(bp[:, 6].sum() / max(bp[:, 3].sum(), 1.0))
@@ -495,7 +458,7 @@ def agreement(key, predict, params, objective, grammar: Grammar, x0, times, *,
                                      ("kl_emp_bp", "emp_vs_bp", 0)):
             if train is None:
                 continue
-            mean, se = _ratio(sums[source][:, column], sums[source][:, 3])
+            mean, se = ratio_se(sums[source][:, column], sums[source][:, 3])
             fields[name].append(mean)
             fields[f"{name}_se"].append(se)
         if train is not None:
@@ -537,7 +500,7 @@ def compare_losses(key, predict, params, objective, grammar: Grammar, x0, *,
     times and noise for both), per datum averaged over ``repeats`` noise draws."""
     key = check_key("key", key)
     cfg = check_grammar(grammar).config
-    x0 = _check_tokens("x0", x0, cfg)
+    x0 = np.asarray(check_tokens("x0", x0, cfg.d, cfg.v, batched=True))
     repeats = check_int("repeats", repeats, 1)
     grammar = with_inverse_tables(grammar)
     per_datum = []
@@ -549,7 +512,7 @@ def compare_losses(key, predict, params, objective, grammar: Grammar, x0, *,
             x0.shape[0], chunk_size, x0))
     network = np.mean([np.asarray(p[0], np.float64) for p in per_datum], axis=0) / cfg.d
     exact = np.mean([np.asarray(p[1], np.float64) for p in per_datum], axis=0) / cfg.d
-    (net, net_se), (bp_mean, bp_se), (gap, gap_se) = map(_mean_se, (network, exact,
+    (net, net_se), (bp_mean, bp_se), (gap, gap_se) = map(mean_se, (network, exact,
                                                                     network - exact))
     return LossComparison(net, net_se, bp_mean, bp_se, gap, gap_se, cfg.log_P_max / cfg.d,
                           x0.shape[0], repeats)
@@ -623,22 +586,22 @@ def sample_stats(grammar: Grammar, tokens, train_tokens=None) -> SampleStats:
       ([1.0, 1.0, 1.0, 1.0], 1.0)
     """
     cfg = check_grammar(grammar).config
-    tokens = _check_tokens("tokens", tokens, cfg)
+    tokens = np.asarray(check_tokens("tokens", tokens, cfg.d, cfg.v, batched=True))
     n = tokens.shape[0]
     tree = parse(grammar, jnp.asarray(tokens))
     per_level = [np.asarray(v, np.float64).mean(axis=1) for v in tree.valid]
     valid = np.array([x.mean() for x in per_level])
-    valid_se = np.array([_mean_se(x)[1] for x in per_level])
+    valid_se = np.array([mean_se(x)[1] for x in per_level])
     root_valid = np.asarray(tree.valid[0][:, 0])
-    fully, fully_se = _mean_se(root_valid)
+    fully, fully_se = mean_se(root_valid)
     classes = np.asarray(tree.latents[0][:, 0])[root_valid]
     histogram = np.bincount(classes, minlength=cfg.n_classes)
     tv = (0.5 * np.abs(histogram / histogram.sum() - 1.0 / cfg.n_classes).sum()
           if histogram.sum() else math.nan)
     copy = copy_se = perfect = None
     if train_tokens is not None:
-        train = _check_tokens("train_tokens", train_tokens, cfg)
-        copy, copy_se = _mean_se(copy_flags(tokens, train))
+        train = np.asarray(check_tokens("train_tokens", train_tokens, cfg.d, cfg.v, batched=True))
+        copy, copy_se = mean_se(copy_flags(tokens, train))
         perfect = len({*_row_keys(train)}) / cfg.P_max
     distinct = len(set(_row_keys(tokens))) / n
     return SampleStats(valid, valid_se, fully, fully_se, histogram, float(tv), copy, copy_se,
@@ -754,10 +717,10 @@ def _similarities(graphdef, params, process, x0, x_hat):
 @jax.jit
 def _kept(grammar, x_hat, x0):
     """Per datum and level, the fraction of nodes of ``x0`` that ``x̂0`` keeps (parsed)."""
-    from rhm_jax.experiments import _kept_and_valid
-    from rhm_jax.parsing import _parse
+    from rhm_jax.experiments import kept_and_valid
+    from rhm_jax.parsing import parse_unchecked
 
-    return _kept_and_valid(grammar, x_hat, _parse(grammar, x0).latents)[0]
+    return kept_and_valid(grammar, x_hat, parse_unchecked(grammar, x0).latents)[0]
 
 
 @partial(jax.jit, static_argnames=("process",))
@@ -801,7 +764,7 @@ def representation_similarity(key, denoiser: Denoiser, grammar: Grammar, x0, tim
     """
     key = check_key("key", key)
     cfg = check_grammar(grammar).config
-    x0 = _check_tokens("x0", x0, cfg)
+    x0 = np.asarray(check_tokens("x0", x0, cfg.d, cfg.v, batched=True))
     times = snap_times(denoiser.objective, times)
     num_steps = check_num_steps(denoiser.process, num_steps)
     graphdef, params = nnx.split(denoiser.model)
@@ -877,31 +840,31 @@ class RunComparison(NamedTuple):
         grid = float(np.min(np.diff(times))) if len(times) > 1 else math.nan
         row = {**_run_columns(self), "num_steps": self.num_steps,
                "sampler": sampler_name(self.num_steps),
-               "kl_mean": _nan_mean(agree.kl), "top1_mean": _nan_mean(agree.top1),
-               "t_half": float(agree.times[half]), "kl_at_t_half": _f(agree.kl[half]),
-               "top1_at_t_half": _f(agree.top1[half]),
-               "top1_at_t_half_se": _f(agree.top1_se[half]),
-               "regret_at_t_half": _f(agree.regret[half]),
-               "regret_at_t_half_se": _f(agree.regret_se[half]),
-               "top1_clear_at_t_half": _f(agree.top1_clear[half]),
-               "top1_clear_at_t_half_se": _f(agree.top1_clear_se[half]),
-               "clear_at_t_half": _f(agree.clear[half]),
-               "kl_emp_mean": None if agree.kl_emp is None else _nan_mean(agree.kl_emp),
-               "top1_emp_mean": None if agree.top1_emp is None else _nan_mean(agree.top1_emp),
-               "kl_emp_bp_mean": None if agree.kl_emp_bp is None else _nan_mean(agree.kl_emp_bp),
+               "kl_mean": nan_mean(agree.kl), "top1_mean": nan_mean(agree.top1),
+               "t_half": float(agree.times[half]), "kl_at_t_half": json_float(agree.kl[half]),
+               "top1_at_t_half": json_float(agree.top1[half]),
+               "top1_at_t_half_se": json_float(agree.top1_se[half]),
+               "regret_at_t_half": json_float(agree.regret[half]),
+               "regret_at_t_half_se": json_float(agree.regret_se[half]),
+               "top1_clear_at_t_half": json_float(agree.top1_clear[half]),
+               "top1_clear_at_t_half_se": json_float(agree.top1_clear_se[half]),
+               "clear_at_t_half": json_float(agree.clear[half]),
+               "kl_emp_mean": None if agree.kl_emp is None else nan_mean(agree.kl_emp),
+               "top1_emp_mean": None if agree.top1_emp is None else nan_mean(agree.top1_emp),
+               "kl_emp_bp_mean": None if agree.kl_emp_bp is None else nan_mean(agree.kl_emp_bp),
                "loss_network": self.losses.network, "loss_bp": self.losses.bp,
                "loss_gap": self.losses.gap, "loss_gap_se": self.losses.gap_se,
                "entropy": self.losses.entropy,
-               "P0_gap_max": float(abs(gap[worst])), "P0_gap_max_se": _f(gap_se[worst]),
+               "P0_gap_max": float(abs(gap[worst])), "P0_gap_max_se": json_float(gap_se[worst]),
                "P0_gap_max_t": float(times[worst]), "fb_data": self.network_fb.n_data,
-               "P0_drop_t_network": _f(midpoint_crossing(times, net_p0, chance, 1.0)),
-               "P0_drop_t_bp": _f(midpoint_crossing(times, bp_p0, chance, 1.0)),
-               "time_grid_step": _f(grid)}
+               "P0_drop_t_network": json_float(midpoint_crossing(times, net_p0, chance, 1.0)),
+               "P0_drop_t_bp": json_float(midpoint_crossing(times, bp_p0, chance, 1.0)),
+               "time_grid_step": json_float(grid)}
         for source, stats in self.samples.items():
             row[f"{source}_fully_valid"] = stats.fully_valid
             row[f"{source}_valid"] = stats.valid.tolist()
             row[f"{source}_copy"] = stats.copy
-            row[f"{source}_class_tv"] = _f(stats.class_tv)
+            row[f"{source}_class_tv"] = json_float(stats.class_tv)
         row["copy_perfect"] = None if P is None else P / cfg.P_max
         return row
 
@@ -914,35 +877,35 @@ class RunComparison(NamedTuple):
         a = self.agreement
         for j, t in enumerate(a.times):
             row = {**base, "measure": "agreement", "t": float(t), "n_data": a.n_data,
-                   "repeats": a.repeats, "tokens_per_datum": _f(a.tokens[j])}
+                   "repeats": a.repeats, "tokens_per_datum": json_float(a.tokens[j])}
             for name in ("kl", "top1", "regret", "top1_clear", "sq_error", "kl_emp", "top1_emp",
                          "kl_emp_bp"):
                 values = getattr(a, name)
-                row[name] = None if values is None else _f(values[j])
-                row[f"{name}_se"] = None if values is None else _f(getattr(a, f"{name}_se")[j])
-            row["clear"] = _f(a.clear[j])
+                row[name] = None if values is None else json_float(values[j])
+                row[f"{name}_se"] = None if values is None else json_float(getattr(a, f"{name}_se")[j])
+            row["clear"] = json_float(a.clear[j])
             row["clear_margin"] = CLEAR_MARGIN
-            row["explained"] = None if a.explained is None else _f(a.explained[j])
+            row["explained"] = None if a.explained is None else json_float(a.explained[j])
             out.append(row)
         out.append({**base, "measure": "loss", "units": "nats per token",
-                    **{k: _f(v) for k, v in self.losses._asdict().items()}})
+                    **{k: json_float(v) for k, v in self.losses._asdict().items()}})
         for source, stats in self.samples.items():
             for level in range(len(stats.valid)):
                 out.append({**base, "measure": "generation", "source": source, "level": level,
                             "valid": float(stats.valid[level]),
-                            "valid_se": _f(stats.valid_se[level]),
+                            "valid_se": json_float(stats.valid_se[level]),
                             "fully_valid": stats.fully_valid,
-                            "fully_valid_se": _f(stats.fully_valid_se), "copy": stats.copy,
-                            "copy_se": _f(stats.copy_se), "copy_perfect": stats.copy_perfect,
+                            "fully_valid_se": json_float(stats.fully_valid_se), "copy": stats.copy,
+                            "copy_se": json_float(stats.copy_se), "copy_perfect": stats.copy_perfect,
                             "class_histogram": stats.class_histogram.tolist(),
-                            "class_tv": _f(stats.class_tv), "distinct": stats.distinct,
+                            "class_tv": json_float(stats.class_tv), "distinct": stats.distinct,
                             "n": stats.n, "num_steps": (None if source == "bp_exact"
                                                         else self.num_steps),
                             "sampler": (None if source == "bp_exact"
                                         else sampler_name(self.num_steps))})
         cfg = self.config.rhm_config
         for source, result in (("network", self.network_fb), ("bp", self.bp_fb)):
-            for row in to_rows(result, cfg, _process_name(self.config), **base,
+            for row in to_rows(result, cfg, PROCESS_OF_OBJECTIVE[self.config.loss], **base,
                                measure="forward_backward", source=source,
                                num_steps=self.num_steps if source == "network" else None,
                                sampler=(sampler_name(self.num_steps) if source == "network"
@@ -954,31 +917,12 @@ class RunComparison(NamedTuple):
                 level = k if r.kind == "level" else None
                 out.append({**base, "measure": "representation", "kind": r.kind, "t": float(t),
                             "index": k, "similarity": float(r.similarity[j, k]),
-                            "similarity_se": _f(r.similarity_se[j, k]),
+                            "similarity_se": json_float(r.similarity_se[j, k]),
                             "similarity_chance": float(r.chance[k]),
                             "P_sampled": None if level is None else float(r.P_sampled[j, level]),
-                            "P_sampled_se": None if level is None else _f(r.P_sampled_se[j, level]),
+                            "P_sampled_se": None if level is None else json_float(r.P_sampled_se[j, level]),
                             "n_data": r.n_data})
         return out
-
-
-def _f(x):
-    """A JSON-friendly float (``None`` for NaN or None)."""
-    if x is None:
-        return None
-    x = float(x)
-    return None if math.isnan(x) else x
-
-
-def _nan_mean(x) -> float | None:
-    x = np.asarray(x, np.float64)
-    x = x[~np.isnan(x)]
-    return float(x.mean()) if x.size else None
-
-
-def _process_name(config) -> str:
-    return {"masked_elbo": "masking", "d3pm": "uniform", "gaussian_x0": "gaussian",
-            "gaussian_eps": "gaussian"}[config.loss]
 
 
 def _run_columns(result: RunComparison) -> dict:
@@ -986,7 +930,7 @@ def _run_columns(result: RunComparison) -> dict:
     cfg = config.rhm_config
     P = config.train_size
     return {"run": result.run_dir, "v": cfg.v, "m": cfg.m, "s": cfg.s, "L": cfg.L,
-            "n_classes": cfg.n_classes, "loss_name": config.loss, "process": _process_name(config),
+            "n_classes": cfg.n_classes, "loss_name": config.loss, "process": PROCESS_OF_OBJECTIVE[config.loss],
             "architecture": config.model.architecture, "width": config.model.width,
             "train_size": P, "online": P is None,
             "P_units": None if P is None else P / P_unit(cfg),
@@ -1022,7 +966,7 @@ def compare_run(run_dir, *, key=None, times=None, n_data: int = 256, n_samples: 
       mesh: device mesh for the forward–backward experiment.
       progress: show progress.
     """
-    from rhm_jax.denoise.train import _datasets, load_run
+    from rhm_jax.denoise.train import datasets, load_run
     from rhm_jax.sampling import sample_data
 
     key = jax.random.key(0) if key is None else check_key("key", key)
@@ -1038,7 +982,7 @@ def compare_run(run_dir, *, key=None, times=None, n_data: int = 256, n_samples: 
     n_data = check_int("n_data", n_data, 1)
     n_samples = check_int("n_samples", n_samples, 1)
     fb_data = n_data if fb_data is None else check_int("fb_data", fb_data, 1)
-    train_tokens, test_tokens = _datasets(config, run.grammar)
+    train_tokens, test_tokens = datasets(config, run.grammar)
     train_np = None if train_tokens is None else np.asarray(train_tokens)
     x0 = np.asarray(test_tokens)[:n_data]
     grammar = with_inverse_tables(run.grammar)

@@ -35,15 +35,32 @@ import jax.numpy as jnp
 from jaxtyping import Array
 
 from rhm_jax import bp
-from rhm_jax.noise import LOG_FLOOR, Gaussian, Masking, UniformSubstitution
+from rhm_jax.noise import safe_log, Gaussian, Masking, UniformSubstitution
 
 __all__ = ["MaskedELBO", "D3PMBound", "GaussianX0", "GaussianEps", "make_objective",
-           "OBJECTIVES"]
+           "OBJECTIVES", "PROCESS_OF_OBJECTIVE", "objectives_of"]
 
 Predictor = Callable[[Array, Array], Array]
 
-#: name -> (process class, objective class): what ``rhm-jax train --loss`` accepts.
-OBJECTIVES = ("masked_elbo", "d3pm", "gaussian_x0", "gaussian_eps")
+#: The objectives by name, each with the noise process (a key of
+#: :data:`rhm_jax.noise.PROCESSES`) it trains a denoiser for. Gaussian noise has two.
+PROCESS_OF_OBJECTIVE = {"masked_elbo": "masking", "d3pm": "uniform",
+                        "gaussian_x0": "gaussian", "gaussian_eps": "gaussian"}
+OBJECTIVES = tuple(PROCESS_OF_OBJECTIVE)
+
+
+def objectives_of(process: str) -> tuple[str, ...]:
+    """The objectives that train a denoiser for ``process`` (the first is the default).
+
+    Examples:
+      >>> objectives_of("gaussian")
+      ('gaussian_x0', 'gaussian_eps')
+    """
+    found = tuple(name for name, p in PROCESS_OF_OBJECTIVE.items() if p == process)
+    if not found:
+        raise ValueError(f"process = {process!r} has no training objective; one of "
+                         f"{', '.join(dict.fromkeys(PROCESS_OF_OBJECTIVE.values()))} has")
+    return found
 
 
 def _stratified_uniform(key, n: int, dtype=jnp.float32) -> Array:
@@ -55,11 +72,6 @@ def _stratified_uniform(key, n: int, dtype=jnp.float32) -> Array:
 def _log_probs_of(log_probs: Array, tokens: Array) -> Array:
     """``log_probs[..., tokens]`` per token: ``(n, d, v), (n, d) -> (n, d)``."""
     return jnp.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]
-
-
-def _safe_log(p: Array) -> Array:
-    positive = p > 0
-    return jnp.where(positive, jnp.log(jnp.where(positive, p, 1.0)), LOG_FLOOR)
 
 
 def _discrete_steps(process, num_steps: int | None) -> int:
@@ -145,7 +157,7 @@ class MaskedELBO:
 
     def bp_predictor(self, grammar) -> Predictor:
         """BP in the network's place: outputs ``log μ_L``."""
-        return lambda x_t, t: _safe_log(self.bp_target(grammar, x_t, t))
+        return lambda x_t, t: safe_log(self.bp_target(grammar, x_t, t))
 
     def prior_nats(self, d: int) -> float:
         return 0.0  # at t = 1 every token is masked: q(x_1 | x0) is the prior
@@ -208,7 +220,7 @@ class D3PMBound:
         outputs = predict(x_t, t)
         model_kernel = self.process.reverse_kernel(x_t, s, t, self.x0_probs(outputs, x_t, t))
         true_kernel = self.process.posterior_kernel(x_t, s, t, x0)
-        kl = jnp.sum(true_kernel * (_safe_log(true_kernel) - _safe_log(model_kernel)), -1)
+        kl = jnp.sum(true_kernel * (safe_log(true_kernel) - safe_log(model_kernel)), -1)
         kl = jnp.maximum(jnp.sum(kl, -1), 0.0)  # exact KL >= 0; clamp float32 rounding
         loss = self.num_steps * kl + self.prior_nats(x0.shape[-1])
         ce = -jnp.sum(_log_probs_of(jax.nn.log_softmax(outputs.astype(jnp.float32), -1), x0), -1)
@@ -233,7 +245,7 @@ class D3PMBound:
         return jax.nn.softmax(outputs.astype(jnp.float32), axis=-1)
 
     def bp_predictor(self, grammar) -> Predictor:
-        return lambda x_t, t: _safe_log(self.bp_target(grammar, x_t, t))
+        return lambda x_t, t: safe_log(self.bp_target(grammar, x_t, t))
 
 
 class _GaussianBase:
@@ -291,7 +303,7 @@ class GaussianX0(_GaussianBase):
         return self.bp_posterior_mean(grammar, x_t, t)
 
     def bp_predictor(self, grammar) -> Predictor:
-        return lambda x_t, t: _safe_log(self.bp_target(grammar, x_t, t))
+        return lambda x_t, t: safe_log(self.bp_target(grammar, x_t, t))
 
     def prior_nats(self, d: int) -> float:
         return 0.0

@@ -157,7 +157,7 @@ def _reverse_sample(key, graphdef, params, objective, x_t, t, num_steps):
 
 
 def _check(denoiser, process, x_t, t):
-    from rhm_jax.exact import _check_observation
+    from rhm_jax.exact import check_observation
 
     if not isinstance(denoiser, Denoiser):
         raise TypeError(f"denoiser must be a rhm_jax.denoise.Denoiser, got "
@@ -165,7 +165,7 @@ def _check(denoiser, process, x_t, t):
     if process is not None and process != denoiser.process:
         raise ValueError(f"process = {process} differs from the process the network was "
                          f"trained on, {denoiser.process}")
-    x_t, t, unbatched = _check_observation(denoiser.process, "x_t", x_t, t)
+    x_t, t, unbatched = check_observation(denoiser.process, "x_t", x_t, t)
     return x_t, jnp.broadcast_to(t, x_t.shape[:1]), unbatched
 
 

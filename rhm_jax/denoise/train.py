@@ -50,7 +50,8 @@ from rhm_jax.config import RHMConfig
 from rhm_jax.denoise.models import ModelConfig, build_model
 from rhm_jax.denoise.objectives import OBJECTIVES, make_objective
 from rhm_jax.grammar import Grammar, grammar_from_rules, sample_grammar
-from rhm_jax.sampling import _sample_data, sample_disjoint_data
+from rhm_jax.stats import mean_se
+from rhm_jax.sampling import sample_data_unchecked, sample_disjoint_data
 
 __all__ = ["TrainConfig", "TrainState", "Run", "train", "load_run", "init_state",
            "make_train_steps"]
@@ -202,7 +203,7 @@ def init_state(config: TrainConfig):
     return graphdef, TrainState(params, opt_state, ema, jnp.zeros((), jnp.int32))
 
 
-def _datasets(config: TrainConfig, grammar: Grammar):
+def datasets(config: TrainConfig, grammar: Grammar):
     """``(train_tokens or None, test_tokens)``, disjoint, without replacement."""
     key = jax.random.fold_in(jax.random.key(config.seed), 1)
     sizes = ([config.train_size] if config.train_size else []) + [config.test_size]
@@ -215,7 +216,7 @@ def _batch(config: TrainConfig, grammar, train_tokens, data_key, step):
     """The batch of ``step``: fresh data (online) or the step's slice of an epoch order."""
     B = config.batch_size
     if train_tokens is None:
-        return _sample_data(jax.random.fold_in(data_key, step), grammar, B, None, False).tokens
+        return sample_data_unchecked(jax.random.fold_in(data_key, step), grammar, B, None, False).tokens
     P = train_tokens.shape[0]
     position = step.astype(jnp.int64 if jax.config.jax_enable_x64 else jnp.int32) * B \
         + jnp.arange(B)
@@ -314,11 +315,7 @@ EVAL_CHUNK = 512
 def _evaluate(evaluate, params, test_tokens, config) -> tuple[float, float]:
     """Mean held-out loss (nats per sequence) and its standard error, fixed noise keys."""
     per_datum = _per_datum_loss(evaluate, params, test_tokens, config)
-    return _mean_se(per_datum)
-
-
-def _mean_se(x: np.ndarray) -> tuple[float, float]:
-    return float(x.mean()), float(x.std(ddof=1) / math.sqrt(len(x)))
+    return mean_se(per_datum)
 
 
 def _per_datum_loss(evaluate, params, test_tokens, config) -> np.ndarray:
@@ -341,7 +338,7 @@ def _per_datum_loss(evaluate, params, test_tokens, config) -> np.ndarray:
 
 def bp_floor(config: TrainConfig, grammar, test_tokens) -> tuple[float, float]:
     """The held-out loss with exact BP in the network's place (same data and noise keys)."""
-    return _mean_se(_bp_per_datum(config, grammar, test_tokens))
+    return mean_se(_bp_per_datum(config, grammar, test_tokens))
 
 
 def _bp_per_datum(config: TrainConfig, grammar, test_tokens) -> np.ndarray:
@@ -520,7 +517,7 @@ def train(config: TrainConfig, run_dir, *, resume: bool = False, overwrite: bool
                                        "num_parameters": _count(state.params),
                                        "log_P_max": config.rhm_config.log_P_max})
 
-    train_tokens, test_tokens = _datasets(config, grammar)
+    train_tokens, test_tokens = datasets(config, grammar)
     from rhm_jax.sharding import replicated
 
     # the state and the training set live on every device of the mesh; batches are split
@@ -528,7 +525,7 @@ def train(config: TrainConfig, run_dir, *, resume: bool = False, overwrite: bool
     run_steps = make_train_steps(config, graphdef, grammar, mesh)
     evaluate = make_eval(config, graphdef)
     floor_per_datum = _bp_per_datum(config, grammar, test_tokens)
-    floor, floor_se = _mean_se(floor_per_datum)
+    floor, floor_se = mean_se(floor_per_datum)
     d = config.rhm_config.d
     to_bits = 1.0 / (d * LN2)
     entropy_bits = config.rhm_config.log_P_max * to_bits
@@ -541,14 +538,14 @@ def train(config: TrainConfig, run_dir, *, resume: bool = False, overwrite: bool
             if params is None:
                 continue
             per_datum = _per_datum_loss(evaluate, params, test_tokens, config)
-            mean, se = _mean_se(per_datum)
+            mean, se = mean_se(per_datum)
             row[f"{name}loss_bits_per_token"] = mean * to_bits
             row[f"{name}loss_se"] = se * to_bits
             # The network's excess over BP on the same data and noise: the paired
             # difference has a far smaller error than either loss, and its expectation
             # is exactly the network's expected loss minus the floor (the entropy, for
             # masking).
-            excess, excess_se = _mean_se(per_datum - floor_per_datum)
+            excess, excess_se = mean_se(per_datum - floor_per_datum)
             row[f"{name}excess_bits_per_token"] = excess * to_bits
             row[f"{name}excess_se"] = excess_se * to_bits
         return row

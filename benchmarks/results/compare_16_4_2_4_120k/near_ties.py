@@ -7,7 +7,7 @@ Run from the repository root, after the 120k-step training run of the README:
 
 Writes ``near_ties.jsonl`` beside this script (about 30 s on the 2-core CPU). Every number
 is taken on the run's held-out data noised to mask fraction ``t``, masked tokens only, with
-the statistics of ``rhm-jax compare`` (``rhm_jax.denoise.compare._token_stats``: BP's ties
+the statistics of ``rhm-jax compare`` (``rhm_jax.denoise.compare.token_stats``: BP's ties
 count as agreement). Rows, by ``kind``:
 
 * ``network``: the network's top-1 agreement and KL(BP ‖ network), and the share of its
@@ -32,9 +32,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rhm_jax.denoise.compare import CLEAR_MARGIN, _token_stats, network_predictor
+from rhm_jax.denoise.compare import CLEAR_MARGIN, token_stats, network_predictor
 from rhm_jax.denoise.sampling import Denoiser
-from rhm_jax.denoise.train import _datasets, load_run
+from rhm_jax.denoise.train import datasets, load_run
 from rhm_jax.grammar import with_inverse_tables
 
 MARGINS = (0.0, 1e-4, 0.01, 0.03, CLEAR_MARGIN, 0.1, 0.3, 1.01)
@@ -44,7 +44,7 @@ TARGET_TOP1 = 0.97
 
 def _totals(ref, est, include):
     """``(KL, top-1 agreements, tokens)`` summed over the included tokens."""
-    sums = np.asarray(_token_stats(ref, est, include), np.float64).sum(0)
+    sums = np.asarray(token_stats(ref, est, include), np.float64).sum(0)
     return sums[0], sums[1], sums[3]
 
 
@@ -63,7 +63,7 @@ def main():
     if not hasattr(process, "mask_token"):
         raise ValueError(f"run = {args.run!r} is not a masking run")
     grammar = with_inverse_tables(run.grammar)
-    _, test = _datasets(run.config, run.grammar)
+    _, test = datasets(run.config, run.grammar)
     x0 = jnp.asarray(np.asarray(test)[:args.n_data])
     predict, params = network_predictor(Denoiser.from_run(run, ema=args.ema))
     t = jnp.full((x0.shape[0],), args.t)
