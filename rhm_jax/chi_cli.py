@@ -254,7 +254,7 @@ def _peak_summary(res, cfg) -> dict:
 def _plot(results, summaries, control, times, folder) -> None:
     from rhm_jax import plotting  # noqa: F401  (sets the Agg backend)
     import matplotlib.pyplot as plt
-    from rhm_jax.plotting import _save
+    from rhm_jax.plotting import save_figure as _save
 
     processes = sorted({name for _, name in results})
     fig, axes = plt.subplots(1, len(processes), figsize=(5 * len(processes), 3.8),

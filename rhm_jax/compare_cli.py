@@ -211,7 +211,7 @@ def _label(result) -> str:
 
 
 def _save(fig, path):
-    from rhm_jax.plotting import _save as save
+    from rhm_jax.plotting import save_figure as save
 
     save(fig, path)
 

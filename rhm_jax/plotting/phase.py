@@ -1,20 +1,11 @@
-"""Matplotlib figures of the phase transition (DESIGN.md §4–5)."""
+"""Figures of the phase transition: class and level curves against the noise."""
 
 from __future__ import annotations
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")  # files only; safe on headless machines and in CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from rhm_jax.io import atomic_write  # noqa: E402
-
-
-def _save(fig, path):
-    with atomic_write(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=130, bbox_inches="tight")
-    plt.close(fig)
+from rhm_jax.plotting.style import save_figure
 
 
 def _select(rows, **where):
@@ -44,7 +35,7 @@ def plot_class_vs_noise(rows, mean_field, path, *, process="epsilon"):
     ax.set_ylabel(r"class reconstruction $P_0$")
     ax.set_title("Exact BP (markers) vs mean field (dashed)")
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_levels(rows, path, *, process, L, mean_field=None, xlabel="t"):
@@ -66,7 +57,7 @@ def plot_levels(rows, path, *, process, L, mean_field=None, xlabel="t"):
     ax.set_ylabel(r"$P_l$: level $l$ of $x_0$ kept by $\hat x_0$")
     ax.set_title(f"{process}, L={L}")
     ax.legend(fontsize=7, ncol=2)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_processes(rows, path, *, L):
@@ -84,4 +75,4 @@ def plot_processes(rows, path, *, L):
         ax.set_ylim(-0.02, 1.02)
     axes[0][0].set_ylabel(r"$P_l$")
     axes[0][-1].legend(fontsize=7, ncol=2)
-    _save(fig, path)
+    save_figure(fig, path)
