@@ -81,14 +81,21 @@ def environment() -> dict:
 
 
 # ---- run folders ----------------------------------------------------------------------------
-def is_run_folder(path) -> bool:
-    """True when ``path`` holds an rhm-jax run: a ``meta.json`` naming its command."""
+def run_folder_command(path) -> str | None:
+    """The command that wrote the rhm-jax run folder ``path`` (its ``meta.json`` names
+    it), or ``None`` when ``path`` is not such a folder."""
     try:
         with open(Path(path) / "meta.json") as handle:
             meta = json.load(handle)
     except (OSError, ValueError):
-        return False
-    return isinstance(meta, dict) and "command" in meta
+        return None
+    command = meta.get("command") if isinstance(meta, dict) else None
+    return command if isinstance(command, str) else None
+
+
+def is_run_folder(path) -> bool:
+    """True when ``path`` holds an rhm-jax run: a ``meta.json`` naming its command."""
+    return run_folder_command(path) is not None
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -98,14 +105,17 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
-def check_output_folder(path, flag: str = "--out") -> Path:
+def check_output_folder(path, flag: str = "--out", *, command: str | None = None,
+                        overwrite: bool = False) -> Path:
     """Refuse, before any work, a folder that a run cannot write and then replace.
 
-    Accepted: a folder that does not exist yet (its parents are created), an empty folder,
-    or an earlier rhm-jax run folder (:func:`is_run_folder`), which the new run replaces
-    whole when it completes. Refused, with a one-line ``ValueError`` naming ``flag``: an
-    existing file, a path under a file, a folder that cannot be written, and a non-empty
-    folder that is not a run folder (it is never deleted).
+    The one rule of every command's output folder: a folder that does not exist yet (its
+    parents are created) or an empty folder is written; an existing run folder is replaced
+    only with ``overwrite`` and only by the ``command`` that wrote it (whole, when the new
+    run completes); anything else is refused with a one-line ``ValueError`` naming
+    ``flag``: an existing file, a path under a file, a folder that cannot be written, a
+    non-empty folder that is not an rhm-jax run (it is never deleted), another command's
+    run.
     """
     text = os.fspath(path)
     if not text.strip():
@@ -113,10 +123,18 @@ def check_output_folder(path, flag: str = "--out") -> Path:
     path = Path(text)
     if os.path.lexists(path) and not path.is_dir():
         raise ValueError(f"{flag} = {text} is an existing file, not a folder")
-    if path.is_dir() and any(path.iterdir()) and not is_run_folder(path):
-        raise ValueError(f"{flag} = {text} is a non-empty folder that is not an rhm-jax run "
-                         "(no meta.json): name a new or empty folder; rhm-jax replaces only "
-                         "its own run folders")
+    if path.is_dir() and any(path.iterdir()):
+        kind = run_folder_command(path)
+        if kind is None:
+            raise ValueError(f"{flag} = {text} is a non-empty folder that is not an rhm-jax "
+                             "run (no meta.json): name a new or empty folder; rhm-jax replaces "
+                             "only its own run folders")
+        if command is not None and kind != command:
+            raise ValueError(f"{flag} = {text} holds an rhm-jax {kind} run, which "
+                             f"`rhm-jax {command}` never replaces: name another folder")
+        if not overwrite:
+            raise ValueError(f"{flag} = {text} holds an earlier {kind} run: add --overwrite to "
+                             "replace it when this run completes, or name a new folder")
     anchor = _nearest_existing(path if path.is_dir() else path.absolute().parent)
     if not anchor.is_dir():
         raise ValueError(f"{flag} = {text}: {anchor} is a file, so no folder can be made "
@@ -124,6 +142,36 @@ def check_output_folder(path, flag: str = "--out") -> Path:
     if not os.access(anchor, os.W_OK | os.X_OK):
         raise ValueError(f"{flag} = {text}: {anchor} is not writable")
     return path
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def remove_stale_staging(target: Path) -> list[Path]:
+    """Remove the staging folders of ``target`` left by runs that were killed.
+
+    A staging folder is named ``.NAME.partial-<pid>-*`` (or ``.NAME.old-<pid>-*`` while a
+    completed run is swapped in); one whose process no longer runs on this host is removed.
+    Returns the removed folders.
+    """
+    removed = []
+    parent = target.absolute().parent
+    if not parent.is_dir():
+        return removed
+    for kind in ("partial", "old"):
+        for entry in parent.glob(f".{target.name}.{kind}-*"):
+            pid = entry.name[len(f".{target.name}.{kind}-"):].split("-", 1)[0]
+            if entry.is_dir() and pid.isdigit() and not _pid_alive(int(pid)):
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry)
+    return removed
 
 
 class RunFolder:
@@ -136,8 +184,10 @@ class RunFolder:
     was; :meth:`discard` (or leaving the ``with`` block by an exception) removes the
     staging folder.
 
-    The target is checked with :func:`check_output_folder`, and the staging folder is
-    created, in the constructor: both before any work, so a bad ``--out`` fails at once.
+    The target is checked with :func:`check_output_folder` (``overwrite`` allows replacing
+    an earlier run of the same ``command``), stale staging folders of killed runs are
+    removed (:func:`remove_stale_staging`), and the staging folder is created, in the
+    constructor: all before any work, so a bad ``--out`` fails at once.
 
     Examples:
       >>> import tempfile, os
@@ -149,14 +199,15 @@ class RunFolder:
       ['meta.json', 'result.json']
     """
 
-    def __init__(self, path, *, command: str, flag: str = "--out"):
-        self.target = check_output_folder(path, flag)
+    def __init__(self, path, *, command: str, flag: str = "--out", overwrite: bool = False):
+        self.target = check_output_folder(path, flag, command=command, overwrite=overwrite)
         self.command = command
         parent = self.target.absolute().parent
+        remove_stale_staging(self.target)
         try:
             parent.mkdir(parents=True, exist_ok=True)
-            self.staging = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.partial-",
-                                                 dir=parent))
+            self.staging = Path(tempfile.mkdtemp(
+                prefix=f".{self.target.name}.partial-{os.getpid()}-", dir=parent))
         except OSError as err:
             raise ValueError(f"{flag} = {os.fspath(path)}: cannot create a folder in "
                              f"{parent} ({err.strerror or err})") from None
@@ -175,10 +226,11 @@ class RunFolder:
         target, old = self.target, None
         if target.is_dir():
             if any(target.iterdir()):
-                if not is_run_folder(target):  # something else appeared there meanwhile
-                    raise ValueError(f"{target} is no longer an rhm-jax run folder; this run's "
-                                     f"results are kept in {self.staging}")
-                old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+                if run_folder_command(target) != self.command:  # replaced meanwhile
+                    raise ValueError(f"{target} is no longer an rhm-jax {self.command} run "
+                                     f"folder; this run's results are kept in {self.staging}")
+                old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-{os.getpid()}-",
+                                            dir=target.parent))
                 os.replace(target, old / target.name)
             else:
                 target.rmdir()

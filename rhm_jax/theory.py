@@ -472,3 +472,58 @@ def extrapolate_threshold(L_values, eps_half_values, growth_factor: float) -> fl
     design = np.stack([np.ones_like(L_values), growth_factor ** (-L_values)], axis=1)
     (eps_inf, _amplitude), *_ = np.linalg.lstsq(design, eps_half, rcond=None)
     return float(eps_inf)
+
+
+def class_thresholds(eps, class_curves: dict, n_classes: int, mean_field=None) -> dict:
+    """Finite-depth class thresholds of the ε-process and their infinite-depth extrapolation.
+
+    For each depth ``L``, ``ε_1/2(L)`` is where the class curve ``P_0(ε)`` crosses the
+    midpoint between 1 and chance ``1/n_classes`` (:func:`midpoint_crossing`). With a mean
+    field (``n_classes == v``) that has a transition, the thresholds of at least two depths
+    are extrapolated to ``L → ∞`` (:func:`extrapolate_threshold`, ``λ = F'(p*)``) next to
+    ``ε*`` and the mean field's own finite-depth thresholds. A value that cannot be
+    determined is ``None`` with a ``reason`` (the dictionary is written as strict JSON).
+
+    Args:
+      eps: noise levels, shape ``(n,)``.
+      class_curves: ``{L: P_0 at eps}`` per depth.
+      n_classes: number of classes.
+      mean_field: a :class:`MeanField`, or ``None``.
+
+    Returns:
+      ``{"definition", "eps_half": {L: ε or None}, ...}`` with, when a mean field is given,
+      ``eps_star_mean_field``, ``eps_half_extrapolated`` (or a reason) and
+      ``mean_field_eps_half``.
+    """
+    out = {"definition": "eps where the epsilon-process class curve P_0 crosses (1 + 1/n_c)/2",
+           "eps_half": {}}
+    for L, curve in class_curves.items():
+        if len(curve) < 2:
+            continue
+        crossing = midpoint_crossing(np.asarray(eps), np.asarray(curve), 1.0 / n_classes, 1.0)
+        out["eps_half"][str(L)] = None if np.isnan(crossing) else float(crossing)
+    if mean_field is None:
+        return out
+    if not (np.isfinite(mean_field.eps_star) and np.isfinite(mean_field.slope_at_p_star)):
+        out["eps_star_mean_field"] = None
+        out["eps_half_extrapolated"] = None
+        out["reason"] = (f"the mean field of (v, m, s) = ({mean_field.v}, {mean_field.m}, "
+                         f"{mean_field.s}) has no class transition")
+        return out
+    out["eps_star_mean_field"] = float(mean_field.eps_star)
+    known = [(int(L), e) for L, e in out["eps_half"].items() if e is not None]
+    if len(known) >= 2:
+        Ls, es = zip(*known)
+        extrapolated = extrapolate_threshold(np.array(Ls), np.array(es),
+                                             mean_field.slope_at_p_star)
+        if 0.0 <= extrapolated <= 1.0:
+            out["eps_half_extrapolated"] = float(extrapolated)
+        else:
+            out["eps_half_extrapolated"] = None
+            out["eps_half_extrapolated_reason"] = (
+                f"the fit gives {extrapolated:.4g}, outside [0, 1]: the depths' thresholds do "
+                "not approach a limit as the mean field's growth factor says")
+        out["mean_field_eps_half"] = {
+            str(L): float(mean_field.eps_at_class_belief(0.5 * (1 + 1 / mean_field.v), L))
+            for L in class_curves}
+    return out

@@ -337,7 +337,7 @@ def test_compare_cli_end_to_end(tmp_path, capsys):
     assert sweep[0]["P0_gap_max_t"] == worst and sweep[0]["P0_gap_max_se"] > 0
     assert "top-1 at t = 0.5" in capsys.readouterr().out
     # the sweep figure with an online run (no training set, no copies)
-    from rhm_jax.compare_cli import plot_sweep
+    from rhm_jax.plotting.comparison import plot_sweep
 
     online = dict(sweep[1], online=True, train_size=None, P_units=None, network_copy=None,
                   kl_emp_mean=None)
@@ -361,7 +361,7 @@ def _fake_run(path):
     (["{run}", "--times", "0,0.5"], "--times = '0,0.5' must be > 0"),
     (["{run}", "--times", "0:1:3"], "--times = '0:1:3' must be > 0"),
     (["{run}", "--n-data", "0"], "--n-data = 0 must be an integer >= 1"),
-    (["{run}", "--fb-data", "-3"], "--fb-data = -3 must be an integer >= 1"),
+    (["{run}", "--n-fb-data", "-3"], "--n-fb-data = -3 must be an integer >= 1"),
     (["{run}", "--num-steps", "x"], "--num-steps = 'x' must be an integer"),
     (["{run}", "--out", "{run}"], "overlaps RUN_DIR"),
     (["{run}", "--out", "{run}/sub"], "overlaps RUN_DIR"),

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from rhm_jax import cli
+from rhm_jax.cli import runtime as cli
 
 
 @pytest.fixture
@@ -60,7 +60,7 @@ def test_second_run_is_served_from_the_cache_with_identical_files(tmp_path):
     outputs = []
     for run in range(2):
         out = tmp_path / f"run{run}"
-        subprocess.run([sys.executable, "-m", "rhm_jax", "sample", "--n", "64", "--L", "3",
+        subprocess.run([sys.executable, "-m", "rhm_jax", "sample", "--n-data", "64", "--L", "3",
                         "--out", str(out)], check=True, env=env, capture_output=True)
         if run == 0:
             entries = sorted(p.name for p in cache.iterdir())

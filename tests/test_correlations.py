@@ -150,7 +150,7 @@ def test_gaussian_field_control_has_no_interior_peak():
 
 @pytest.mark.parametrize("argv, message", [
     (["--grf-d", "12"], "--grf-d = 12 must be a power of 2"),
-    (["--starts", "1"], "--starts = 1 must be an integer >= 2"),
+    (["--n-starts", "1"], "--n-starts = 1 must be an integer >= 2"),
     (["--grf-exponent", "nan"], "--grf-exponent = nan"),
     (["--processes", "epsilon,foo"], "'foo' is not one"),
 ])

@@ -338,8 +338,8 @@ def test_train_cli_runs_resumes_and_writes_its_run_folder(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--width", "0"], "--width = 0 must be >= 1"),
-    (["--steps", "-3"], "--steps = -3 must be >= 1"),
+    (["--width", "0"], "--width = 0 must be an integer >= 1"),
+    (["--steps", "-3"], "--steps = -3 must be an integer >= 1"),
     (["--lr", "nan"], "--lr = nan must be a finite number"),
     (["--train-size", "100000"], "exceeds P_max"),
     (["--resume"], "holds no run"),

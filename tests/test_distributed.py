@@ -19,7 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PHASE = ["-m", "rhm_jax", "phase", "--v", "8", "--m", "2", "--s", "2", "--L", "2",
-         "--processes", "epsilon", "--times", "3", "--n-data", "8", "--no-progress"]
+         "--process", "epsilon", "--times", "3", "--n-data", "8", "--no-progress"]
 TIMEOUT = 300  # seconds per run; it takes ~20-60 s on 2 busy cores
 
 

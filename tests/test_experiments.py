@@ -152,7 +152,7 @@ def test_phase_cli_quick(tmp_path):
     from rhm_jax.cli import main
 
     out = tmp_path / "phase"
-    assert main(["phase", "--quick", "--no-progress", "--L", "2", "--processes",
+    assert main(["phase", "--quick", "--no-progress", "--L", "2", "--process",
                  "epsilon,uniform", "--times", "3", "--n-data", "16", "--out", str(out)]) == 0
     names = set(os.listdir(out))
     assert {"results.jsonl", "meta.json", "finite_size.json", "phase_class.png",
@@ -164,7 +164,7 @@ def test_phase_cli_quick(tmp_path):
     meta = json.load(open(out / "meta.json"))
     assert meta["config"]["seed"] == 0 and "versions" in meta["environment"]
     with pytest.raises(SystemExit):
-        main(["phase", "--processes", "nonsense", "--out", str(tmp_path / "bad")])
+        main(["phase", "--process", "nonsense", "--out", str(tmp_path / "bad")])
     assert not (tmp_path / "bad").exists()  # rejected before any work or file
 
 

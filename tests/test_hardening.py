@@ -378,18 +378,20 @@ CLI_CASES = [
     (["phase", "--times", "0.5,0.2"], "--times = '0.5,0.2' must be a comma list of increasing"),
     (["phase", "--n-data", "0"], "--n-data = 0 must be an integer >= 1"),
     (["phase", "--max-batch", "0"], "--max-batch = 0 must be an integer >= 1"),
-    (["phase", "--grammars", "2.5"], "--grammars = '2.5' must be an integer >= 1"),
+    (["phase", "--n-grammars", "2.5"], "--n-grammars = '2.5' must be an integer >= 1"),
+    (["phase", "--grammars", "2.5"], "--n-grammars = '2.5' must be an integer >= 1"),  # alias
     (["phase", "--L", ",,,"], "--L = ',,,' must be a comma-separated list of distinct integers"),
     (["phase", "--L", "2,2"], "--L = '2,2' must be a comma-separated list of distinct"),
     (["phase", "--L", "abc"], "--L = 'abc' must be"),
     (["phase", "--L", "40"], "--L 40: L = 40 gives d = s**L = 2**40 tokens"),
-    (["phase", "--processes", ""], "--processes = '' must be a comma-separated list"),
+    (["phase", "--process", ""], "--process = '' must be a comma-separated list"),
     (["phase", "--processes", "epsilon,nonsense"], "('nonsense' is not one)"),
     (["phase", "--seed", "1180591620717411303424"], "--seed = 1180591620717411303424 must be an "
                                                    "integer in [0, 4294967295]"),
     (["phase", "--v", "2", "--m", "8"], "--v 2 --m 8 --s 2 --L 3: max(n_classes, v) * m"),
     (["phase", "--devices", "0"], "--devices = 0 must be an integer >= 1"),
-    (["sample", "--n", "0"], "--n = 0 must be an integer >= 1"),
+    (["sample", "--n-data", "0"], "--n-data = 0 must be an integer >= 1"),
+    (["sample", "--n", "0"], "--n-data = 0 must be an integer >= 1"),  # the older spelling
     (["sample", "--L", "31", "--v", "4", "--m", "2"], "L must be <= 30 for s = 2"),
 ]
 
@@ -441,19 +443,20 @@ def test_a_call_too_large_for_memory_is_refused_before_any_computation(tmp_path,
     monkeypatch.setattr(checks, "memory_limit", lambda *a, **k: (25 * 10**9, "25 GB here"))
     _expect_cli_error(["phase", "--L", "20", "--out", str(tmp_path / "o")],
                       "one compiled call of 2037 rows", capsys)
-    _expect_cli_error(["sample", "--L", "30", "--v", "4", "--m", "2", "--n", "1", "--out",
+    _expect_cli_error(["sample", "--L", "30", "--v", "4", "--m", "2", "--n-data", "1", "--out",
                        str(tmp_path / "s")], "would allocate about", capsys)
 
 
 @pytest.mark.parametrize("text,times", [
-    ("5", [0.0, 0.25, 0.5, 0.75, 1.0]),
+    ("5", [0.2, 0.4, 0.6, 0.8, 1.0]),
+    ("4", [0.25, 0.5, 0.75, 1.0]),
     ("0.6:0.8:5", [0.6, 0.65, 0.7, 0.75, 0.8]),
     ("0:1:21", [round(0.05 * k, 12) for k in range(21)]),
     ("0.1, 0.15,0.3", [0.1, 0.15, 0.3]),
     ("0.5", [0.5]),
 ])
 def test_times_flag_grid_and_list(text, times):
-    from rhm_jax.phase_cli import times_flag
+    from rhm_jax.cli.flags import times_flag
 
     grid = times_flag(text)
     assert grid.values == times and grid.given == text.strip()
@@ -495,7 +498,8 @@ def test_rerun_replaces_the_whole_folder(tmp_path, monkeypatch):
     out = tmp_path / "run"
     assert _phase(out, "--processes", "epsilon,uniform", "--seed", "1") == 0
     assert (out / "phase_class.png").exists()
-    assert _phase(out, "--processes", "masking", "--seed", "2", "--times", "0.6:0.8:5") == 0
+    assert _phase(out, "--process", "masking", "--seed", "2", "--times", "0.6:0.8:5",
+                  "--overwrite") == 0
     names = sorted(os.listdir(out))
     assert names == ["finite_size.json", "meta.json", "phase_processes.png", "results.jsonl"]
     meta = json.loads((out / "meta.json").read_text())
@@ -515,7 +519,7 @@ def test_interrupted_rerun_leaves_the_previous_run_untouched(tmp_path, monkeypat
     before = {name: (out / name).read_bytes() for name in os.listdir(out)}
     calls = _fake_sweep(monkeypatch, fail_at=2)
     with pytest.raises(KeyboardInterrupt):
-        _phase(out, "--processes", "epsilon,uniform", "--seed", "2")
+        _phase(out, "--processes", "epsilon,uniform", "--seed", "2", "--overwrite")
     assert len(calls) == 2
     assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
     assert sorted(os.listdir(tmp_path)) == ["run"]
@@ -531,8 +535,51 @@ def test_run_folder_api(tmp_path):
         folder.commit({"seed": 0})
     assert is_run_folder(target) and sorted(os.listdir(target)) == ["a.json", "meta.json"]
     with pytest.raises(RuntimeError):
-        with RunFolder(target, command="demo") as folder:
+        with RunFolder(target, command="demo", overwrite=True) as folder:
             write_json(folder.file("b.json"), {"x": 2})
             raise RuntimeError("crash")
     assert sorted(os.listdir(target)) == ["a.json", "meta.json"]
     assert sorted(os.listdir(tmp_path)) == ["r"]
+
+
+def test_a_run_folder_is_replaced_only_with_overwrite_and_only_by_its_own_command(
+        tmp_path, capsys, monkeypatch):
+    from rhm_jax.io import RunFolder, write_json
+
+    _fake_sweep(monkeypatch)
+    out = tmp_path / "run"
+    assert _phase(out, "--process", "epsilon") == 0
+    before = {name: (out / name).read_bytes() for name in os.listdir(out)}
+    _expect_cli_error(["phase", "--quick", "--out", str(out)], "add --overwrite", capsys)
+    _expect_cli_error(["sample", "--out", str(out), "--overwrite"],
+                      "holds an rhm-jax phase run", capsys)
+    _expect_cli_error(["chi", "--quick", "--out", str(out), "--overwrite"],
+                      "holds an rhm-jax phase run", capsys)
+    assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
+    train_run = tmp_path / "train_run"  # a training run is never replaced by another command
+    train_run.mkdir()
+    write_json(train_run / "meta.json", {"command": "train"})
+    (train_run / "metrics.jsonl").write_text("{}\n")
+    _expect_cli_error(["phase", "--quick", "--out", str(train_run), "--overwrite"],
+                      "holds an rhm-jax train run", capsys)
+    with pytest.raises(ValueError, match="holds an rhm-jax train run"):
+        RunFolder(train_run, command="sample", overwrite=True)
+    assert (train_run / "metrics.jsonl").exists()
+
+
+def test_staging_folders_of_killed_runs_are_removed(tmp_path):
+    import subprocess
+    import sys
+
+    from rhm_jax.io import RunFolder
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    stale = tmp_path / f".run.partial-{dead}-abc"
+    stale.mkdir()
+    (stale / "results.jsonl").write_text("half")
+    mine = tmp_path / f".run.partial-{os.getpid()}-live"  # a live process's: kept
+    mine.mkdir()
+    with RunFolder(tmp_path / "run", command="demo") as folder:
+        folder.commit({})
+    assert not stale.exists() and mine.exists()

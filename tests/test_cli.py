@@ -1,0 +1,122 @@
+"""The command line's one vocabulary: flags, defaults in help, experiment files, aliases."""
+
+import json
+import pathlib
+
+import pytest
+
+from rhm_jax.cli import COMMANDS, build_parser, main
+from rhm_jax.cli.train import QUICK, RECIPE, config_from_args
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _subparsers():
+    parser = build_parser()
+    action = next(a for a in parser._actions if a.dest == "command")
+    return action.choices
+
+
+def test_version(capsys):
+    from rhm_jax import __version__
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.strip() == f"rhm-jax {__version__}"
+
+
+def test_every_command_is_listed_and_every_flag_shows_its_default():
+    commands = _subparsers()
+    assert list(commands) == [c.__name__.rsplit(".", 1)[1] for c in COMMANDS]
+    for name, parser in commands.items():
+        for action in parser._actions:
+            if not action.option_strings or action.help in (None, "==SUPPRESS=="):
+                continue
+            takes_value = action.nargs != 0
+            if takes_value:  # a flag with a value says what it is when not given
+                text = parser._get_formatter()._get_help_string(action)
+                assert "default" in text, (name, action.option_strings, text)
+
+
+@pytest.mark.parametrize("command", ["sample", "phase", "chi", "train", "compare"])
+def test_every_computing_command_has_devices_out_and_overwrite(command):
+    flags = {s for a in _subparsers()[command]._actions for s in a.option_strings}
+    assert {"--devices", "--out", "--overwrite", "--no-compile-cache"} <= flags
+
+
+def test_process_names_are_the_libraries_in_every_command():
+    from rhm_jax.cli.flags import processes_flag
+    from rhm_jax.denoise.objectives import PROCESS_OF_OBJECTIVE
+    from rhm_jax.noise import PROCESSES
+
+    assert processes_flag(",".join(PROCESSES)) == list(PROCESSES)
+    parser = build_parser()
+    trained = {config_from_args(parser.parse_args(["train", "--process", p])).loss
+               for p in ("masking", "uniform", "gaussian")}
+    assert trained == {"masked_elbo", "d3pm", "gaussian_x0"}
+    eps = config_from_args(parser.parse_args(["train", "--process", "gaussian", "--loss", "eps"]))
+    assert PROCESS_OF_OBJECTIVE[eps.loss] == "gaussian" and eps.loss == "gaussian_eps"
+
+
+def test_bare_train_is_the_recipe_and_the_config_file_is_the_stored_run():
+    parser = build_parser()
+    stored = json.loads((ROOT / "benchmarks/results/train_runs/masking_w64_ml4/config.json")
+                        .read_text())
+    from_file = config_from_args(parser.parse_args(
+        ["train", "--config", str(ROOT / "configs/masking_16_4_2_4.toml")]))
+    assert from_file.to_dict() == stored
+    assert config_from_args(parser.parse_args(["train"])).to_dict() == stored
+    bare = config_from_args(parser.parse_args(["train"]))
+    assert bare.model.width == RECIPE["model.width"] and bare.model.mlp_levels == bare.L
+    assert bare.learning_rate == 2e-3 and bare.ema_decay == 0.999
+
+
+def test_flags_override_the_file_and_quick_shrinks_it(tmp_path):
+    parser = build_parser()
+    path = ROOT / "configs/masking_16_4_2_4.toml"
+    config = config_from_args(parser.parse_args(["train", "--config", str(path), "--quick",
+                                                 "--steps", "60", "--lr", "1e-3"]))
+    assert config.steps == 60 and config.learning_rate == 1e-3  # flags win
+    assert config.batch_size == QUICK["batch_size"] and config.model.width == 32  # quick
+    assert config.model.mlp_levels == 4  # from the file
+
+
+@pytest.mark.parametrize("text, message", [
+    ("widht = 3\n", "widht is not a training setting"),
+    ("[model]\nwidht = 3\n", "[model] widht is not a network setting"),
+    ("v = [", "is not valid TOML"),
+])
+def test_a_bad_config_file_is_one_line(tmp_path, capsys, text, message):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--config", str(path), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--process", "gaussian-eps"], "--process gaussian --loss eps"),
+    (["train", "--process", "epsilon"], "processes with a training loss"),
+    (["train", "--process", "masking", "--loss", "eps"], "--loss = 'eps' is not a loss of"),
+])
+def test_train_process_and_loss_errors(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as info:
+        main(argv + ["--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_helps_library_defaults_are_the_dataclasses():
+    import dataclasses
+
+    from rhm_jax.cli.train import LIBRARY_DEFAULTS
+    from rhm_jax.denoise.models import ModelConfig
+    from rhm_jax.denoise.train import TrainConfig
+
+    own = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    own.update({f"model.{f.name}": f.default for f in dataclasses.fields(ModelConfig)})
+    shown = {"online": None, "auto": None}
+    for field, value in LIBRARY_DEFAULTS.items():
+        assert own[field] == shown.get(value, value), field
