@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from rhm_jax.cli import build_parser
 from rhm_jax.cli import runtime as cli
 
 
@@ -44,7 +45,7 @@ def test_jax_own_variable_is_respected(clean_env, tmp_path):
 
 @pytest.mark.parametrize("command", ["sample", "phase", "train", "compare", "chi"])
 def test_every_command_has_the_opt_out_flag(command):
-    parser = cli.build_parser()
+    parser = build_parser()
     extra = ["runs/x"] if command == "compare" else []
     args = parser.parse_args([command, *extra, "--no-compile-cache"])
     assert args.no_compile_cache is True
