@@ -4,7 +4,7 @@ Usage::
 
     python benchmarks/bench_bp.py --quick                  # < 2 min on a 2-core CPU
     python benchmarks/bench_bp.py                          # full CPU mode
-    python benchmarks/bench_bp.py --impl jax numpy --out benchmarks/results/bp.jsonl
+    python benchmarks/bench_bp.py --impl jax numpy --out benchmarks/results/bench/bp.jsonl
 
 Tasks: ``marginals`` (all levels, :func:`rhm_jax.bp.marginals`), ``upward`` (class posterior
 and log-evidence, :func:`rhm_jax.bp.upward`), ``sample`` (one exact posterior tree per
@@ -15,7 +15,7 @@ sampled from the grammar. One JSON row per (task, impl, config, batch) is append
 Implementations (``--impl``):
 
 * ``jax``: the library (:mod:`rhm_jax.bp`), whatever its current formulation.
-* ``reference``: the reference JAX formulation of ``../shared/perf-reference/reference_bp.py``
+* ``reference``: the reference JAX formulation of ``reference_bp.py`` in ``--reference-dir`` (an outside formulation, opt-in)
   (a comparator kept outside the project and imported from there through ``sys.path``,
   ``--reference-dir``): symbol-major, batch-last messages, ``lax.map`` over chunks of 8
   data on one device, and with several devices ``shard_map`` over all of them with chunks
@@ -72,9 +72,9 @@ from rhm_jax.reference import numpy_marginals, numpy_sample_posterior, numpy_upw
 from rhm_jax.sharding import batch_sharding, data_mesh
 
 HERE = Path(__file__).resolve().parent
-#: The reference formulation's folder (outside the project; ``--reference-dir`` or
-#: ``$RHM_PERF_REFERENCE`` to point elsewhere).
-REFERENCE_DIR = Path(os.environ.get("RHM_PERF_REFERENCE", HERE.parent.parent / "shared" / "perf-reference"))
+#: A folder holding an outside reference formulation ``reference_bp.py`` to time next to
+#: rhm_jax: opt-in by ``--reference-dir`` or ``$RHM_PERF_REFERENCE`` (no default).
+REFERENCE_DIR = os.environ.get("RHM_PERF_REFERENCE")
 EPSILON = 0.3
 FULL_CONFIGS = [(32, 8, 2, 9), (32, 8, 2, 12), (8, 4, 3, 5), (64, 16, 2, 8)]
 QUICK_CONFIGS = [(32, 8, 2, 9), (8, 4, 3, 5)]
@@ -437,7 +437,7 @@ def run_jax(impl, task, grammar, loglik, reference, args, row, traffic, flops=No
 
 def _reference_module(directory):
     """``reference_bp`` imported from ``directory`` (outside the project) via ``sys.path``."""
-    if not (Path(directory) / "reference_bp.py").exists():
+    if directory is None or not (Path(directory) / "reference_bp.py").exists():
         return None
     if str(directory) not in sys.path:
         sys.path.insert(0, str(directory))
@@ -553,11 +553,14 @@ def parse_args(argv=None):
     p.add_argument("--max-gb", type=float, default=8.0, help="skip cases needing more memory")
     p.add_argument("--case-budget-s", type=float, default=None,
                    help="skip cases whose warm-up + repeats would take longer (default by mode)")
-    p.add_argument("--pgmax-python", default=os.environ.get("PGMAX_PYTHON", "/work/.venv-pgmax/bin/python"),
-                   help="interpreter of a venv with pgmax installed")
+    p.add_argument("--pgmax-python", default=os.environ.get("PGMAX_PYTHON"),
+                   help="interpreter of a venv with pgmax installed (default: $PGMAX_PYTHON; "
+                        "without it the PGMax rows are skipped)")
     p.add_argument("--pgmax-timeout-s", type=float, default=600)
     p.add_argument("--reference-dir", type=Path, default=REFERENCE_DIR,
-                   help="folder holding reference_bp.py (default %(default)s)")
+                   help="folder holding an outside reference_bp.py to time next to rhm_jax "
+                        "(default: $RHM_PERF_REFERENCE; without it the reference rows are "
+                        "skipped)")
     p.add_argument("--no-peaks", action="store_true",
                    help="skip measuring the machine's matmul peak and copy bandwidth")
     p.add_argument("--devices", type=int, default=None,

@@ -7,7 +7,7 @@ Usage::
     python benchmarks/bench_chi.py --process masking --L 7 --starts 32 --trajectories 32
 
 One row per (process, config), appended to ``--out`` (default
-``benchmarks/results/chi.jsonl``), exact BP on ``(32, 8, 2, L)``, 15 noise levels evenly in
+``benchmarks/results/bench/chi.jsonl``), exact BP on ``(32, 8, 2, L)``, 15 noise levels evenly in
 ``[0.05, 0.95]`` (``--levels``).
 
 Compile time is measured separately (STYLE.md): ``change_correlations`` compiles one

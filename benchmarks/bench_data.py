@@ -24,7 +24,7 @@ generative process written in plain NumPy (ancestral sampling level by level wit
 ``numpy.random.Generator``, vectorised over the batch), one baseline row per config at batch
 ``--numpy-batch`` (checked against :func:`rhm_jax.data_from_digits` on the same rule choices).
 
-Each row (appended to ``--out``, default ``benchmarks/results/data.jsonl``) carries the
+Each row (appended to ``--out``, default ``benchmarks/results/bench/data.jsonl``) carries the
 median, IQR, min and max of at least 5 timed runs after warm-up, compile time separately,
 ``tokens_per_s = batch * d / median_s`` and ``data_per_s``, device kind and versions. Cases
 whose arrays would exceed ``--max-gb`` (default 4 GB) are recorded as skipped.

@@ -10,7 +10,7 @@ cache folder and records both wall times, their ratio and whether the two
 ``results.jsonl`` are byte-identical (the CLI keeps the cache on by default).
 
 Usage: ``python benchmarks/bench_phase.py [--quick] [--devices N] [--compile-cache]
-[--out benchmarks/results/phase.jsonl]``
+[--out benchmarks/results/bench/phase.jsonl]``
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="time `rhm-jax phase --quick`")
     parser.add_argument("--devices", type=int, default=None,
                         help="pass --devices N to the job (N emulated CPU devices)")
-    parser.add_argument("--out", default="benchmarks/results/phase.jsonl")
+    parser.add_argument("--out", default="benchmarks/results/bench/phase.jsonl")
     parser.add_argument("--compile-cache", action="store_true",
                         help="run twice on one fresh compilation cache; record both times")
     args = parser.parse_args()

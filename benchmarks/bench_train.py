@@ -6,7 +6,7 @@ Usage::
     python benchmarks/bench_train.py                    # both architectures, two sizes
     python benchmarks/bench_train.py --out /tmp/x.jsonl
 
-Rows (appended to ``--out``, default ``benchmarks/results/train.jsonl``): one per
+Rows (appended to ``--out``, default ``benchmarks/results/bench/train.jsonl``): one per
 (architecture, size, step implementation). Implementations of the same optimisation step:
 
 * ``functional-scan``: what :func:`rhm_jax.denoise.train.train` runs — the model

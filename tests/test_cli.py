@@ -60,7 +60,7 @@ def test_process_names_are_the_libraries_in_every_command():
 
 def test_bare_train_is_the_recipe_and_the_config_file_is_the_stored_run():
     parser = build_parser()
-    stored = json.loads((ROOT / "benchmarks/results/train_runs/masking_w64_ml4/config.json")
+    stored = json.loads((ROOT / "benchmarks/results/train/masking_w64_ml4/config.json")
                         .read_text())
     from_file = config_from_args(parser.parse_args(
         ["train", "--config", str(ROOT / "configs/masking_16_4_2_4.toml")]))

@@ -136,7 +136,7 @@ class _Input(nnx.Module):
         return h, temb
 
 
-class _ResidualMLP(nnx.Module):
+class ResidualMLP(nnx.Module):
     """Pre-norm position-wise ``x + W2 gelu(W1 norm(x) [+ time])``."""
 
     def __init__(self, width: int, hidden: int, norm: str, time_conditioning: bool,
@@ -203,7 +203,7 @@ class TreeUNet(nnx.Module):
 
         def mlps(level):
             on = model.mlp_levels is None or level < model.mlp_levels
-            return nnx.List([_ResidualMLP(w, 2 * w, model.norm, tc, rngs)
+            return nnx.List([ResidualMLP(w, 2 * w, model.norm, tc, rngs)
                              for _ in range(model.block_depth if on else 0)])
 
         L = config.L
@@ -272,7 +272,7 @@ class _TransformerBlock(nnx.Module):
         w = model.width
         self.norm1 = _norm(model.norm, w, rngs)
         self.attention = _Attention(w, model.num_heads, model.positions == "rotary", rngs)
-        self.mlp = _ResidualMLP(w, model.mlp_ratio * w, model.norm, model.time_conditioning, rngs)
+        self.mlp = ResidualMLP(w, model.mlp_ratio * w, model.norm, model.time_conditioning, rngs)
         self.time = nnx.Linear(w, w, rngs=rngs) if model.time_conditioning else None
 
     def __call__(self, h, temb):

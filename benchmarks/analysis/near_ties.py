@@ -2,10 +2,10 @@
 
 Run from the repository root, after the 120k-step training run of the README:
 
-    .venv/bin/python benchmarks/results/compare_16_4_2_4_120k/near_ties.py \
+    .venv/bin/python benchmarks/analysis/near_ties.py \
         runs/masking_w64_ml4_120k
 
-Writes ``near_ties.jsonl`` beside this script (about 30 s on the 2-core CPU). Every number
+Writes ``benchmarks/results/compare/16_4_2_4_120k/near_ties.jsonl`` (about 30 s on the 2-core CPU). Every number
 is taken on the run's held-out data noised to mask fraction ``t``, masked tokens only, with
 the statistics of ``rhm-jax compare`` (``rhm_jax.denoise.compare.token_stats``: BP's ties
 count as agreement). Rows, by ``kind``:
@@ -55,7 +55,7 @@ def main():
     parser.add_argument("--n-data", type=int, default=1024, help="held-out data")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--out", default=str(Path(__file__).with_name("near_ties.jsonl")))
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "results" / "compare" / "16_4_2_4_120k" / "near_ties.jsonl"))
     args = parser.parse_args()
 
     run = load_run(args.run)

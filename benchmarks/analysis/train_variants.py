@@ -1,7 +1,7 @@
 """The second round of this sweep: variants of the 13.8-min run that the library has no flag
 for, patched in here (experiments, not library code), trained with ``train`` itself.
 
-    python variants.py RUN_DIR VARIANT STOP_AFTER [--devices N]
+    python benchmarks/analysis/train_variants.py RUN_DIR VARIANT STOP_AFTER [--devices N]
 
 VARIANT: ``base`` (the ``../masking_w64_2dev`` configuration), ``mlp_levels4`` (its flag
 ``--mlp-levels 4``), ``no_down_leaf`` (no MLP on the leaves' down path only),
@@ -34,7 +34,7 @@ import rhm_jax.denoise.models as M  # noqa: E402
 
 T = importlib.import_module("rhm_jax.denoise.train")  # the module, not the function
 here = Path(__file__).resolve().parent
-config = json.loads((here.parent / "masking_w64_2dev" / "config.json").read_text())
+config = json.loads((here.parent / "results" / "train" / "masking_w64_2dev" / "config.json").read_text())
 variant = args.variant
 if variant == "mlp_levels4":
     config["model"]["mlp_levels"] = 4
@@ -42,7 +42,7 @@ if variant == "no_clip":
     config["grad_clip"] = 0.0
 
 if variant in ("no_down_leaf", "muon", "top", "no_clip"):
-    original_init, original_mlp = M.TreeUNet.__init__, M._ResidualMLP
+    original_init, original_mlp = M.TreeUNet.__init__, M.ResidualMLP
 
     def patched_init(self, rhm, model, num_states, rngs):
         # the leaves' MLPs are the first ``block_depth`` built: skip them without drawing
@@ -55,11 +55,11 @@ if variant in ("no_down_leaf", "muon", "top", "no_clip"):
                 return None
             return original_mlp(*a, **k)
 
-        M._ResidualMLP = residual_mlp
+        M.ResidualMLP = residual_mlp
         try:
             original_init(self, rhm, model, num_states, rngs)
         finally:
-            M._ResidualMLP = original_mlp
+            M.ResidualMLP = original_mlp
         self.leaf_mlps = nnx.List([])
         if variant == "top":  # levels 0 and 1, built in the order the recorded run built them
             w, L = model.width, rhm.L
