@@ -1,4 +1,4 @@
-"""Exact belief propagation on the RHM tree (DESIGN.md §3).
+"""Exact belief propagation on the RHM tree (``docs/theory/belief_propagation.md``).
 
 The RHM is a tree-structured factor graph, so sum-product BP gives exact posteriors.
 Messages are kept *scaled*: every message is normalised to sum to one and the logs of the
@@ -182,7 +182,7 @@ def _children(message: jax.Array, s: int) -> jax.Array:
 
 
 def _upward_step(rules: jax.Array, child: jax.Array):
-    """``u_{l,j}(a) ∝ Σ_psi Π_k u_{l+1, j*s+k}(R_l[a, psi, k])`` (DESIGN.md §3).
+    """``u_{l,j}(a) ∝ Σ_psi Π_k u_{l+1, j*s+k}(R_l[a, psi, k])`` (``docs/theory/belief_propagation.md``).
 
     The sum over ``psi`` is unrolled so that XLA fuses the row gathers, products and sum
     into one pass that never materialises the ``(c, n_l, m, nodes)`` tensor.
@@ -666,7 +666,7 @@ def upward(grammar: Grammar, leaf_log_likelihood, *, chunk_size: int | None = No
 
 def marginals(grammar: Grammar, leaf_log_likelihood, *, chunk_size: int | None = None,
               messages: bool = False) -> BPResult:
-    """Exact posterior marginals of every level and the log-evidence (DESIGN.md §3).
+    """Exact posterior marginals of every level and the log-evidence (``docs/theory/belief_propagation.md``).
 
     Args:
       grammar: the rules.
@@ -727,7 +727,7 @@ def sample_tree(keys: jax.Array, grammar: Grammar, messages: tuple, class_poster
     """One exact draw of the whole tree per datum from ``p(tree | observation)``.
 
     Root from its posterior; then, top-down, for each sampled symbol ``a`` the rule
-    ``psi`` with probability ``∝ Π_k u_{child k}(R[a, psi, k])`` (DESIGN.md §3).
+    ``psi`` with probability ``∝ Π_k u_{child k}(R[a, psi, k])`` (``docs/theory/belief_propagation.md``).
     ``keys`` are per datum ``(c,)``; ``messages`` are the upward messages in the internal
     layout. The returned :class:`Data` is in natural node order.
     """
@@ -786,7 +786,7 @@ def _sample_posterior(key, grammar, leaf_log_likelihood, num_samples, chunk, pla
 
 def sample_posterior(key: jax.Array, grammar: Grammar, leaf_log_likelihood,
                      num_samples: int = 1, *, chunk_size: int | None = None) -> Data:
-    """Exact draws of whole trees from ``p(tree | observation)`` (DESIGN.md §3).
+    """Exact draws of whole trees from ``p(tree | observation)`` (``docs/theory/belief_propagation.md``).
 
     This is exact backward diffusion from the observation's time in one shot.
 

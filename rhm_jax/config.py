@@ -1,4 +1,4 @@
-"""Configuration of a Random Hierarchy Model (DESIGN.md §1)."""
+"""Configuration of a Random Hierarchy Model (``docs/theory/model.md``)."""
 
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ class RHMConfig:
 
     @property
     def P_star(self) -> int:
-        """Sample-complexity unit ``n_classes * m**L`` (DESIGN.md §7)."""
+        """Sample-complexity unit ``n_classes * m**L`` (``docs/theory/denoisers.md``)."""
         return self.n_classes * self.m**self.L
 
     def num_symbols(self, level: int) -> int:

@@ -1,4 +1,4 @@
-"""The exact (Bayes-optimal) denoiser of the RHM, built on belief propagation (DESIGN.md §3).
+"""The exact (Bayes-optimal) denoiser of the RHM, built on belief propagation (``docs/theory/belief_propagation.md``).
 
 Given a noisy observation ``x_t`` of a datum, BP on the tree gives everything an ideal
 denoiser knows:
@@ -6,12 +6,12 @@ denoiser knows:
 * :func:`posterior_mean` — ``E[onehot(x0) | x_t] = μ_L``, the leaf marginals;
 * :func:`gaussian_score` — ``∇ log p_t(x_t) = (sqrt(ᾱ_t)·μ_L - x_t)/(1-ᾱ_t)`` (Tweedie);
 * :func:`d3pm_x0_target` — the optimum of D3PM's x0-parameterisation: the message from the
-  rest of the tree, ``w_L ∝ μ_L / lik`` (DESIGN.md §3, "Subtlety for trained models");
+  rest of the tree, ``w_L ∝ μ_L / lik`` (``docs/theory/belief_propagation.md``, trained models);
 * :func:`one_shot_sample` — ``x̂0 ~ p(x0 | x_t)`` in one shot (BP posterior sampling);
 * :func:`reverse_step` / :func:`reverse_sample` — step-by-step reverse diffusion with the
   exact kernels;
 * :func:`reconstruction_by_level` — the per-level overlap of ``x̂0`` with ``x0`` whose mean
-  is ``P_l(t)`` (DESIGN.md §4).
+  is ``P_l(t)`` (``docs/theory/phase_transition.md``).
 
 Joint versus factorised reverse steps. The exact reverse kernel from ``t`` to ``s < t`` is
 ``p(x_s | x_t) = Σ_{x0} p(x0 | x_t) Π_i q(x_s,i | x_t,i, x0_i)``. ``joint=True`` samples it
@@ -122,7 +122,7 @@ def _bp_marginals(grammar, process, observation, t, messages: bool = False) -> b
 
 def posterior_mean(grammar: Grammar, process, observation: ArrayLike,
                    t: ArrayLike) -> Float[Array, "*n d v"]:
-    """``E[onehot(x0) | x_t] = μ_L``, the BP leaf marginals (DESIGN.md §3).
+    """``E[onehot(x0) | x_t] = μ_L``, the BP leaf marginals (``docs/theory/belief_propagation.md``).
 
     Args:
       grammar: the rules.
@@ -151,7 +151,7 @@ def posterior_mean(grammar: Grammar, process, observation: ArrayLike,
 
 def gaussian_score(grammar: Grammar, process: Gaussian, x_t: ArrayLike,
                    t: ArrayLike) -> Float[Array, "*n d v"]:
-    """Exact score ``∇ log p_t(x_t) = (sqrt(ᾱ_t)·E[x0 | x_t] - x_t)/(1-ᾱ_t)`` (DESIGN.md §3).
+    """Exact score ``∇ log p_t(x_t) = (sqrt(ᾱ_t)·E[x0 | x_t] - x_t)/(1-ᾱ_t)`` (``docs/theory/belief_propagation.md``).
 
     ``E[x0 | x_t]`` is :func:`posterior_mean`; ``p_t`` is the law of ``x_t`` with ``x0``
     drawn from the RHM (Tweedie's formula, via :meth:`Gaussian.score`).
@@ -181,7 +181,7 @@ def d3pm_x0_target(grammar: Grammar, process, observation: ArrayLike,
     network output ``p̃`` by ``q(x_t,i | x0_i = a) = lik_i(a)`` once more; the exact kernel
     needs ``lik_i·p̃ ∝ μ_{L,i}``, so the optimum is ``p̃_i ∝ μ_{L,i} / lik_i`` = the message
     from the rest of the tree, ``p(x0_i = a | x_t with token i's own evidence removed)``
-    (DESIGN.md §3, "Subtlety for trained models"). Computed as BP's downward message, so no
+    (``docs/theory/belief_propagation.md``, trained models). Computed as BP's downward message, so no
     division: it is also defined where ``lik_i(a) = 0`` (e.g. an unmasked token), where the
     parameterisation leaves ``p̃`` free.
 
@@ -201,7 +201,7 @@ def d3pm_x0_target(grammar: Grammar, process, observation: ArrayLike,
 
 def one_shot_sample(key: PRNGKeyArray, grammar: Grammar, process, x_t: ArrayLike,
                     t: ArrayLike) -> Int[Array, "*n d"]:
-    """One exact draw ``x̂0 ~ p(x0 | x_t)`` per sequence, by BP posterior sampling (DESIGN.md §3).
+    """One exact draw ``x̂0 ~ p(x0 | x_t)`` per sequence, by BP posterior sampling (``docs/theory/belief_propagation.md``).
 
     The exact backward diffusion from ``t`` to 0 in one shot; compare :func:`reverse_sample`.
 
@@ -253,7 +253,7 @@ def _reverse_step(key, grammar, process, x_t, s, t, joint):
 
 def reverse_step(key: PRNGKeyArray, grammar: Grammar, process, x_t: ArrayLike, s: ArrayLike,
                  t: ArrayLike, *, joint: bool = True) -> Array:
-    """One exact reverse-diffusion step from time ``t`` to ``s < t`` (DESIGN.md §3).
+    """One exact reverse-diffusion step from time ``t`` to ``s < t`` (``docs/theory/belief_propagation.md``).
 
     ``joint=True`` draws ``x_s`` exactly from ``p(x_s | x_t)`` for any step size: a whole
     tree ``x0 ~ p(x0 | x_t)`` by BP posterior sampling, then ``x_s ~ q(x_s | x_t, x0)``.
@@ -313,7 +313,7 @@ def _reverse_sample(key, grammar, process, x_t, t, num_steps, joint):
 
 def reverse_sample(key: PRNGKeyArray, grammar: Grammar, process, x_t: ArrayLike,
                    t: ArrayLike, num_steps: int, *, joint: bool = True) -> Int[Array, "*n d"]:
-    """Step-by-step reverse diffusion from time ``t`` to 0 with exact kernels (DESIGN.md §3).
+    """Step-by-step reverse diffusion from time ``t`` to 0 with exact kernels (``docs/theory/belief_propagation.md``).
 
     ``num_steps`` :func:`reverse_step` calls on the uniform grid ``t_k = t·(K-k)/K``,
     ``k = 0..K``, as one ``jax.lax.scan``. With ``joint=True`` the result is an exact draw
@@ -367,7 +367,7 @@ def reconstruction_by_level(grammar: Grammar, x0_latents, x_hat_tokens: ArrayLik
                             ) -> Float[Array, "*n levels"]:
     """Per level, the fraction of nodes where ``x̂0``'s latent symbol equals ``x0``'s.
 
-    Its mean over data and noise is the counting form of ``P_l(t)`` (DESIGN.md §4). ``x̂0``
+    Its mean over data and noise is the counting form of ``P_l(t)`` (``docs/theory/phase_transition.md``). ``x̂0``
     is parsed with :func:`~rhm_jax.sampling.digits_from_tokens`. A sequence that no tree
     generates (possible with factorised reverse steps, ``joint=False``) has no latent
     symbols: it counts as not reconstructed at every level ``l < L``, while level ``L``

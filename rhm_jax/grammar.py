@@ -1,4 +1,4 @@
-"""Production rules of the RHM: drawing them, validating user rules (DESIGN.md §1)."""
+"""Production rules of the RHM: drawing them, validating user rules (``docs/theory/model.md``)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ class InverseTable(NamedTuple):
 
     For each position ``k`` and child symbol ``b`` the ``C`` slots are listed, padded with
     the sentinel parent ``n_l`` (a zero row in the downward pass). This turns the downward
-    pass's scatter-add into gathers (DESIGN.md §3; see ``bp.downward_step``).
+    pass's scatter-add into gathers (``docs/theory/belief_propagation.md``; see ``bp.downward_step``).
 
     Attributes:
       parent: ``(s, v, C)`` int32 parent symbol ``a`` of each slot (``n_l`` = padding).

@@ -1,4 +1,4 @@
-"""Noise processes: forward corruption, leaf likelihoods and reverse kernels (DESIGN.md §2).
+"""Noise processes: forward corruption, leaf likelihoods and reverse kernels (``docs/theory/noise.md``).
 
 Everything a noise process does to inference enters through the leaf log-likelihoods
 ``log lik_i(a) = log p(observation_i | x0_i = a)`` (up to a constant in ``a``), which is
@@ -173,7 +173,7 @@ _jit_method = functools.partial(jax.jit, static_argnums=0)
 
 
 class NoiseProcess(Protocol):
-    """The interface every noise process provides (DESIGN.md §2)."""
+    """The interface every noise process provides (``docs/theory/noise.md``)."""
 
     config: RHMConfig
 
@@ -187,7 +187,7 @@ class NoiseProcess(Protocol):
 # ---- ε-process ----------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class EpsilonProcess:
-    """The deterministic ε-process of the mean-field theory (DESIGN.md §2 and §5).
+    """The deterministic ε-process of the mean-field theory (``docs/theory/noise.md`` and ``docs/theory/mean_field.md``).
 
     Here the time ``t`` *is* ε ∈ [0, 1]. Nothing is sampled: the observation is the clean
     sequence and the evidence itself is soft,
@@ -232,7 +232,7 @@ class EpsilonProcess:
 # ---- masking (absorbing) ------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Masking:
-    """Absorbing-state (masking) diffusion (DESIGN.md §2).
+    """Absorbing-state (masking) diffusion (``docs/theory/noise.md``).
 
     Each token is kept with probability ``α_t = schedule.alpha_bar(t)`` and otherwise
     replaced by the mask symbol ``v`` (:attr:`mask_token`), so observations are int32 in
@@ -371,7 +371,7 @@ class Masking:
 # ---- uniform substitution (D3PM-uniform) --------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class UniformSubstitution:
-    """D3PM-uniform substitution noise (DESIGN.md §2).
+    """D3PM-uniform substitution noise (``docs/theory/noise.md``).
 
     ``x_t ~ Cat(ᾱ_t·onehot(x0) + (1-ᾱ_t)/v)``: kept with probability ``ᾱ_t``, else
     redrawn uniformly (possibly equal to ``x0``). Leaf log-likelihood
@@ -482,7 +482,7 @@ class UniformSubstitution:
 # ---- Gaussian (DDPM on one-hot) -----------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Gaussian:
-    """DDPM Gaussian noise on one-hot tokens (DESIGN.md §2).
+    """DDPM Gaussian noise on one-hot tokens (``docs/theory/noise.md``).
 
     ``x_t = sqrt(ᾱ_t)·onehot(x0) + sqrt(1-ᾱ_t)·η`` with ``η ~ N(0, I_v)`` per token; the
     observation is float (n, d, v). Leaf log-likelihood: the part of
@@ -562,7 +562,7 @@ class Gaussian:
         return jnp.sqrt(alpha_bar) / variance * gap
 
     def score(self, x_t: ArrayLike, t: ArrayLike, x0_mean: ArrayLike) -> Float[Array, "*batch d v"]:
-        """``∇ log p_t(x_t) = (sqrt(ᾱ_t)·E[x0 | x_t] - x_t)/(1-ᾱ_t)`` (DESIGN.md §3)."""
+        """``∇ log p_t(x_t) = (sqrt(ᾱ_t)·E[x0 | x_t] - x_t)/(1-ᾱ_t)`` (``docs/theory/belief_propagation.md``)."""
         x_t = self.check_observation("x_t", x_t)
         t = check_time("t", t, x_t.shape[:-2])
         return self._score(x_t, t, _check_float_array("x0_mean", x0_mean, x_t.shape))

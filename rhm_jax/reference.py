@@ -1,6 +1,6 @@
 """Plain NumPy belief propagation on the RHM tree: a slow oracle and benchmark baseline.
 
-This is what a user would write by hand (DESIGN.md §3): a Python loop over levels, NumPy
+This is what a user would write by hand (``docs/theory/belief_propagation.md``): a Python loop over levels, NumPy
 fancy indexing on the whole batch, float64 throughout. It shares no code with
 :mod:`rhm_jax.bp`, so the tests use it as an independent implementation, and the
 benchmarks (``benchmarks/bench_bp.py``) use it as the baseline that the JAX version is
@@ -59,7 +59,7 @@ def _child_factors(level_rules: np.ndarray, child_messages: np.ndarray) -> list[
 
 
 def numpy_upward(rules_list: Sequence, n_classes: int, leaf_log_likelihood):
-    """Upward pass: ``u_{l,j}(a) ∝ Σ_psi Π_k u_{l+1, j*s+k}(R_l[a, psi, k])`` (DESIGN.md §3).
+    """Upward pass: ``u_{l,j}(a) ∝ Σ_psi Π_k u_{l+1, j*s+k}(R_l[a, psi, k])`` (``docs/theory/belief_propagation.md``).
 
     Args:
       rules_list: ``L`` integer arrays, level ``l`` of shape ``(n_l, m, s)``.
@@ -97,7 +97,7 @@ def numpy_marginals(rules_list: Sequence, n_classes: int, leaf_log_likelihood):
 
     Same quantities and conventions as :func:`rhm_jax.bp.marginals`; the downward message
     ``w_{l+1, j*s+k}(b) ∝ Σ_a w_{l,j}(a) Σ_psi [R_l[a,psi,k] = b] Π_{k'≠k} u(R_l[a,psi,k'])``
-    is a matrix product with the one-hot encoding of ``R_l[..., k]`` (DESIGN.md §3).
+    is a matrix product with the one-hot encoding of ``R_l[..., k]`` (``docs/theory/belief_propagation.md``).
 
     Args:
       rules_list: ``L`` integer arrays, level ``l`` of shape ``(n_l, m, s)``.
@@ -149,7 +149,7 @@ def numpy_sample_posterior(rng: np.random.Generator, rules_list: Sequence, n_cla
     """One exact draw of the whole tree per datum from ``p(tree | observation)`` (slow oracle).
 
     Root from its posterior; then, top-down, for each sampled symbol ``a`` the rule ``psi``
-    with probability ``∝ Π_k u_{child k}(R[a, psi, k])`` (DESIGN.md §3). Data whose
+    with probability ``∝ Π_k u_{child k}(R[a, psi, k])`` (``docs/theory/belief_propagation.md``). Data whose
     evidence is impossible get a draw from the uniform fallback messages.
 
     Args:

@@ -1,4 +1,4 @@
-"""Noise schedules: continuous time ``t ∈ [0, 1]`` to ``ᾱ_t`` (DESIGN.md §2).
+"""Noise schedules: continuous time ``t ∈ [0, 1]`` to ``ᾱ_t`` (``docs/theory/noise.md``).
 
 A schedule is a frozen, hashable dataclass (usable as a static ``jax.jit`` argument) whose
 ``alpha_bar(t)`` gives the signal level ``ᾱ_t`` at time ``t``: the cumulative product of
@@ -6,7 +6,7 @@ A schedule is a frozen, hashable dataclass (usable as a static ``jax.jit`` argum
 for masking. Every ``alpha_bar`` is pure ``jax.numpy``, accepts traced scalars or arrays of
 any shape (elementwise) and is decreasing from ``ᾱ_0 = 1``.
 
-Provided (DESIGN.md §2):
+Provided (``docs/theory/noise.md``):
 
 * :class:`LinearBeta` — DDPM linear-β, discrete with ``T`` steps; the defaults are the DDPM
   choice (β from 1e-4 to 0.02 over T = 1000), :meth:`LinearBeta.rhm` the RHM choice
@@ -85,7 +85,7 @@ def _check_positive_finite(name: str, value, *, allow_zero: bool = False) -> Non
 
 
 class Schedule(Protocol):
-    """Anything with a hashable identity and ``alpha_bar(t)`` (DESIGN.md §2)."""
+    """Anything with a hashable identity and ``alpha_bar(t)`` (``docs/theory/noise.md``)."""
 
     def alpha_bar(self, t: ArrayLike) -> Float[Array, "..."]: ...
 
@@ -107,7 +107,7 @@ def _linear_beta_log_alpha_bar_table(beta_min: float, beta_max: float, T: int,
 
 @dataclasses.dataclass(frozen=True)
 class LinearBeta:
-    """Linear-β schedule with ``T`` discrete steps (DESIGN.md §2 and §7).
+    """Linear-β schedule with ``T`` discrete steps (``docs/theory/noise.md`` and ``docs/theory/denoisers.md``).
 
     Two conventions, both with ``ᾱ_0 = 1`` (clean data) and steps ``k = 1..T``:
 
@@ -178,7 +178,7 @@ class LinearBeta:
     def rhm(cls) -> LinearBeta:
         """The RHM diffusion study's schedule: β from 1e-3 to 0.1, T = 200, product from j = 0.
 
-        Matches that study's ``ᾱ_k`` exactly at every step ``k = 1..T`` (DESIGN.md §7).
+        Matches that study's ``ᾱ_k`` exactly at every step ``k = 1..T`` (``docs/theory/denoisers.md``).
         """
         return cls(beta_min=1e-3, beta_max=0.1, T=200, product_from_zero=True)
 
@@ -235,7 +235,7 @@ MAX_COSINE_OFFSET = 1e6
 
 @dataclasses.dataclass(frozen=True)
 class Cosine:
-    """Cosine schedule ``ᾱ(t) = cos²((t+o)/(1+o)·π/2) / cos²(o/(1+o)·π/2)`` (DESIGN.md §2).
+    """Cosine schedule ``ᾱ(t) = cos²((t+o)/(1+o)·π/2) / cos²(o/(1+o)·π/2)`` (``docs/theory/noise.md``).
 
     Evaluated as ``(sin((1-t)/(1+o)·π/2) / sin(1/(1+o)·π/2))²`` (the same function), so
     ``ᾱ(1) = 0`` exactly rather than a rounding residue of ``cos(π/2)``, and the ratio is
@@ -281,7 +281,7 @@ class Cosine:
 # ---- linear in ᾱ (MD4 / MDLM masking) --------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class LinearAlphaBar:
-    """``ᾱ_t = 1 - t``: the MD4/MDLM masking convention ``α_t = 1 - t`` (DESIGN.md §2).
+    """``ᾱ_t = 1 - t``: the MD4/MDLM masking convention ``α_t = 1 - t`` (``docs/theory/noise.md``).
 
     Examples:
       >>> float(LinearAlphaBar().alpha_bar(0.25))

@@ -1,4 +1,4 @@
-"""RHMConfig: validation messages, exact derived quantities, hashability (DESIGN.md §1)."""
+"""RHMConfig: validation messages, exact derived quantities, hashability (``docs/theory/model.md``)."""
 
 import dataclasses
 import math

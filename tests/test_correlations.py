@@ -1,4 +1,4 @@
-"""Correlated changes (DESIGN.md §6): the estimator's exact identities against the full
+"""Correlated changes (``docs/theory/correlations.md``): the estimator's exact identities against the full
 matrix, the factorised case (χ = 1), the RHM experiment end to end, and the control."""
 
 import jax

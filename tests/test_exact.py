@@ -1,4 +1,4 @@
-"""Tests of rhm_jax.exact: the exact BP denoiser and reverse samplers (DESIGN.md §3, §4).
+"""Tests of rhm_jax.exact: the exact BP denoiser and reverse samplers (``docs/theory/belief_propagation.md`` and ``docs/theory/phase_transition.md``).
 
 Oracles: brute-force enumeration of every datum of a tiny grammar (posterior means, the
 D3PM x0 target as a leave-one-out posterior, the Gaussian score as the autodiff gradient of

@@ -1,4 +1,4 @@
-"""Grammar: drawing rules without replacement, uniformity, jit/vmap, validation (DESIGN.md §1)."""
+"""Grammar: drawing rules without replacement, uniformity, jit/vmap, validation (``docs/theory/model.md``)."""
 
 import itertools
 

@@ -1,4 +1,4 @@
-"""Tests of rhm_jax.noise against brute-force forward kernels and Bayes (DESIGN.md §2).
+"""Tests of rhm_jax.noise against brute-force forward kernels and Bayes (``docs/theory/noise.md``).
 
 Oracles: explicit (K, K) transition matrices built here in numpy float64, brute-force
 Bayes over them, Gaussian densities and Gaussian conditioning written out by hand, and

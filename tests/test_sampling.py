@@ -1,4 +1,4 @@
-"""Sampling RHM data and the exact datum <-> index bijection (DESIGN.md §1)."""
+"""Sampling RHM data and the exact datum <-> index bijection (``docs/theory/model.md``)."""
 
 import itertools
 import random

@@ -1,4 +1,4 @@
-"""Tests of rhm_jax.schedules against independent numpy formulas (DESIGN.md §2)."""
+"""Tests of rhm_jax.schedules against independent numpy formulas (``docs/theory/noise.md``)."""
 
 import math
 

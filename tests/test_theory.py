@@ -1,4 +1,4 @@
-"""Tests of the mean-field theory of the ε-process (rhm_jax/theory.py, DESIGN.md §5)."""
+"""Tests of the mean-field theory of the ε-process (rhm_jax/theory.py, ``docs/theory/mean_field.md``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Flax (NNX) denoisers trained on RHM data, the neural counterpart of exact BP (DESIGN.md §7).
+"""Flax (NNX) denoisers trained on RHM data, the neural counterpart of exact BP (``docs/theory/denoisers.md``).
 
 * :mod:`~rhm_jax.denoise.models` — the tree-shaped U-Net and a small transformer;
 * :mod:`~rhm_jax.denoise.objectives` — one loss per noise process, each with the BP

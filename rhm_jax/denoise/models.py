@@ -1,4 +1,4 @@
-"""Flax NNX denoisers: a tree-shaped U-Net and a small bidirectional transformer (DESIGN.md §7).
+"""Flax NNX denoisers: a tree-shaped U-Net and a small bidirectional transformer (``docs/theory/denoisers.md``).
 
 Both map a noisy sequence to per-token outputs over the vocabulary, ``(n, d, v)``:
 
@@ -8,7 +8,7 @@ Both map a noisy sequence to per-token outputs over the vocabulary, ``(n, d, v)`
 
 ``t`` (``(n,)`` floats in ``[0, 1]``) enters through a sinusoidal embedding and an MLP when
 ``time_conditioning`` is on; masking diffusion does not need it (the optimal denoiser only
-depends on which tokens are masked, DESIGN.md §7), so the models accept and ignore ``t``
+depends on which tokens are masked, ``docs/theory/denoisers.md``), so the models accept and ignore ``t``
 when it is off.
 
 The tree U-Net mirrors the RHM tree: a convolution with filter = stride = ``s`` is a
@@ -174,7 +174,7 @@ class _TreeConv(nnx.Module):
 
 
 class TreeUNet(nnx.Module):
-    """Tree-shaped U-Net over the RHM's ``L`` levels (DESIGN.md §7).
+    """Tree-shaped U-Net over the RHM's ``L`` levels (``docs/theory/denoisers.md``).
 
     Down path: embedding at level ``L`` (``s**L`` positions), then for ``l = L-1 .. 0`` a
     tree convolution to ``s**l`` positions (one per node of level ``l``) followed by
