@@ -86,7 +86,7 @@ VARIANTS = {  # impl -> tasks it implements
     "jax-chunk64": TASKS, "reference": ("marginals", "sample"),
 }
 QUICK_IMPLS = ("jax", "reference", "numpy", "pgmax")
-ALTERNATIVES_BATCH = 1024  # the target batch of the issue
+ALTERNATIVES_BATCH = 1024  # the batch the alternative formulations are compared at
 # jax-bf-grad at (32, 8, 2, 9), batch 1024 was OOM-killed at 24 GB RSS (XLA keeps every
 # level's gathered slots for the backward pass), so by default it runs at batch 64 only.
 SMALL_BATCH_ONLY = {"jax-bf-grad": 64}

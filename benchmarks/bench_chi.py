@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/bench_chi.py --quick        # L = 5, 16 starts x 16 trajectories (< 1 min)
-    python benchmarks/bench_chi.py                # the row: L = 9, 64 x 64, 15 levels
+    python benchmarks/bench_chi.py                # the reference row: L = 9, 64 x 64, 15 levels
     python benchmarks/bench_chi.py --process masking --L 7 --starts 32 --trajectories 32
 
 One row per (process, config), appended to ``--out`` (default

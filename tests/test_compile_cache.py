@@ -1,5 +1,5 @@
 """The CLI's persistent compilation cache: where it lives, how it is turned off, and that a
-second run served from it writes the same files (issue: the main job is compile-bound)."""
+second run served from it writes the same files (the main job is compile-bound)."""
 
 import os
 import subprocess

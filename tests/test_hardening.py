@@ -1,4 +1,4 @@
-"""Bad input is refused before any work, with a message naming the argument (issue 14).
+"""Bad input is refused before any work, with a message naming the argument.
 
 One parametrised table per class of problem: integers (NumPy integers accepted, bools,
 floats and out-of-range values refused), PRNG keys (typed and legacy accepted, junk
