@@ -17,8 +17,8 @@ import time
 import numpy as np
 
 from rhm_jax.cli.flags import (TIMES_HELP, TimeGrid, add_alias, add_out_arg, add_rhm_args,
-                               even_times, float_flag, integer_flag, integer_list_flag,
-                               make_config, processes_flag, times_flag)
+                               add_sweep_args, even_times, float_flag, integer_flag,
+                               make_config, times_flag)
 from rhm_jax.cli.runtime import add_runtime_args
 
 __all__ = ["add_parser", "run"]
@@ -36,13 +36,8 @@ def add_parser(subparsers):
                     "BP draw): the connected correlations of the changed tokens and their "
                     "susceptibility against noise, per depth and process.")
     add_rhm_args(parser)
-    parser.add_argument("--L", default=None, type=integer_list_flag("--L", 1, "5,7,9"),
-                        help=f"comma-separated depths (default: "
-                             f"{','.join(map(str, DEFAULT_DEPTHS))}; quick "
-                             f"{','.join(map(str, QUICK_DEPTHS))})")
-    parser.add_argument("--process", default="epsilon,masking", type=processes_flag,
-                        help="comma-separated noise processes (default: %(default)s)")
-    add_alias(parser, "--processes", "--process", type=processes_flag)
+    add_sweep_args(parser, depths=DEFAULT_DEPTHS, quick_depths=QUICK_DEPTHS,
+                   processes="epsilon,masking")
     parser.add_argument("--times", type=times_flag, default=None,
                         help=f"{TIMES_HELP}; the same for every run (default: per depth and "
                              "process, 15 around the P_0 drop found by a pilot run; quick "

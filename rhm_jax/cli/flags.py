@@ -23,7 +23,8 @@ import numpy as np
 
 __all__ = ["MAX_SEED", "Parser", "HelpFormatter", "integer_flag", "integer_list_flag",
            "float_flag", "TimeGrid", "even_times", "rounded_times", "times_flag",
-           "processes_flag", "add_alias", "add_rhm_args", "add_out_arg", "make_config"]
+           "processes_flag", "add_alias", "add_rhm_args", "add_sweep_args", "add_out_arg",
+           "make_config"]
 
 #: Seeds are 32-bit: with JAX's default 32-bit integers, larger ones alias smaller ones.
 MAX_SEED = 2**32 - 1
@@ -212,6 +213,18 @@ def add_rhm_args(parser, *, v: int = 32, m: int = 8, s: int = 2) -> None:
                         help="number of classes (default: v)")
     parser.add_argument("--seed", type=integer_flag("--seed", 0, MAX_SEED), default=0,
                         help="PRNG seed in [0, 2**32 - 1]")
+
+
+def add_sweep_args(parser, *, depths, quick_depths, processes: str) -> None:
+    """``--L`` (a comma list of depths) and ``--process`` (a comma list of noise processes,
+    also spelled ``--processes``) of the commands that sweep them."""
+    parser.add_argument("--L", default=None,
+                        type=integer_list_flag("--L", 1, ",".join(map(str, depths))),
+                        help=f"comma-separated depths (default: {','.join(map(str, depths))}; "
+                             f"quick {','.join(map(str, quick_depths))})")
+    parser.add_argument("--process", default=processes, type=processes_flag,
+                        help="comma-separated noise processes (default: %(default)s)")
+    add_alias(parser, "--processes", "--process", type=processes_flag)
 
 
 def add_out_arg(parser, default: str, *, what: str = "output folder") -> None:

@@ -14,8 +14,8 @@ import time
 import numpy as np
 
 from rhm_jax.cli.flags import (TIMES_HELP, TimeGrid, add_alias, add_out_arg, add_rhm_args,
-                               even_times, integer_flag, integer_list_flag, make_config,
-                               processes_flag, rounded_times, times_flag)
+                               add_sweep_args, even_times, integer_flag, make_config,
+                               rounded_times, times_flag)
 from rhm_jax.cli.runtime import add_runtime_args
 
 __all__ = ["add_parser", "run"]
@@ -31,13 +31,8 @@ def add_parser(subparsers):
         description="Noise RHM data, reconstruct them with exact BP, and measure how each "
                     "level survives: P_l against noise, per depth and noise process.")
     add_rhm_args(parser)
-    parser.add_argument("--L", default=None, type=integer_list_flag("--L", 1, "3,5,7"),
-                        help=f"comma-separated depths (default: "
-                             f"{','.join(map(str, DEFAULT_DEPTHS))}; quick "
-                             f"{','.join(map(str, QUICK_DEPTHS))})")
-    parser.add_argument("--process", default=DEFAULT_PROCESSES, type=processes_flag,
-                        help="comma-separated noise processes (default: %(default)s)")
-    add_alias(parser, "--processes", "--process", type=processes_flag)
+    add_sweep_args(parser, depths=DEFAULT_DEPTHS, quick_depths=QUICK_DEPTHS,
+                   processes=DEFAULT_PROCESSES)
     parser.add_argument("--all-depths-for-all-processes", action="store_true",
                         help="run every process at every depth (default: the ε-process at "
                              "every depth, the others at the largest)")
