@@ -110,6 +110,9 @@ napoleon_use_ivar = True
 nitpicky = False
 
 # -- doctest (``sphinx-build -b doctest docs docs/_build/doctest``) -----------------------
+# Only the guide's explicit ``doctest`` blocks: the ``>>>`` examples of the docstrings are
+# run by pytest (``--doctest-modules``) in their modules' namespaces.
+doctest_test_doctest_blocks = ""
 doctest_global_setup = """
 import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
