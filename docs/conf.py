@@ -36,7 +36,6 @@ extensions = [
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
     "sphinx.ext.doctest",
-    "sphinx.ext.viewcode",
     "cli_reference",                # docs/_ext/cli_reference.py
     "docstring_links",              # docs/_ext/docstring_links.py
     "api_exports",                  # docs/_ext/api_exports.py
@@ -94,10 +93,10 @@ autosummary_imported_members = False
 autodoc_default_options = {
     "members": True,
     "undoc-members": False,
-    "show-inheritance": False,
     "member-order": "bysource",
 }
 autodoc_typehints = "description"
+autodoc_typehints_description_target = "documented"
 autodoc_typehints_format = "short"
 autodoc_preserve_defaults = True
 autodoc_mock_imports: list[str] = []
@@ -105,7 +104,7 @@ autoclass_content = "class"
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_rtype = False
-napoleon_attr_annotations = True
+napoleon_attr_annotations = False
 napoleon_use_ivar = True
 nitpicky = False
 
@@ -124,6 +123,7 @@ html_title = f"rhm_jax {release}"
 html_static_path = ["_static"]
 html_css_files = ["custom.css"]
 html_show_sourcelink = False
+html_copy_source = False
 # A local MathJax (e.g. for offline previews) can be named with RHM_JAX_DOCS_MATHJAX.
 if os.environ.get("RHM_JAX_DOCS_MATHJAX"):
     mathjax_path = os.environ["RHM_JAX_DOCS_MATHJAX"]

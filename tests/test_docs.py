@@ -121,6 +121,12 @@ def test_sphinx_builds_without_warnings(tmp_path):
     cli = (html / "cli.html").read_text(encoding="utf-8")
     for command in ("sample", "phase", "chi", "train", "compare"):
         assert f"rhm-jax {command}" in cli, command
+    # What a reader sees names no file outside the repository and no tracker item.
+    forbidden = re.compile("DESIGN" + r"\.md|\bissue \d+|\.\./shared|/work/")
+    leaks = [f"{page.relative_to(html)}: {match.group(0)!r}"
+             for page in html.rglob("*.html")
+             for match in forbidden.finditer(page.read_text(encoding="utf-8"))]
+    assert not leaks, "\n".join(leaks[:40])
 
 
 @needs_sphinx

@@ -14,11 +14,13 @@ from docutils import nodes
 from docutils.statemachine import StringList
 from sphinx.util.docutils import SphinxDirective
 
+from docstring_links import rewrite
+
 
 def _summary(obj) -> str:
     doc = inspect.getdoc(obj) or ""
     first = doc.strip().split("\n\n")[0].replace("\n", " ")
-    return first
+    return rewrite(first)
 
 
 class Exports(SphinxDirective):

@@ -1,4 +1,4 @@
-"""Turn the code's references to the theory into links, in the rendered docstrings.
+"""Turn references to the theory into links, in the rendered docstrings and notebooks.
 
 Docstrings cite the theory by page, e.g. ``docs/theory/belief_propagation.md`` (optionally
 with ``#anchor``, or followed by an equation label such as ``(upward)``). In the API
@@ -57,6 +57,28 @@ def rewrite(text: str) -> str:
     return _PAGE.sub(lambda m: f":doc:`/theory/{m.group(2)}`", text)
 
 
+_SPEC_AS_DOCUMENT = re.compile(r"`?" + _SPEC + r"`?\s+of the repository")
+_SECTIONS_MYST = re.compile(_SPEC + r"\s*(§\s*\d+(?:\s*(?:,|;|–|-|and)\s*§?\s*\d+)*)")
+
+
+def rewrite_markdown(text: str) -> str:
+    """The same for MyST markdown (the notebooks' text cells), as ``{doc}`` links."""
+    text = _SPEC_AS_DOCUMENT.sub("the {doc}`theory pages </theory/index>`", text)
+
+    def sections(match):
+        pages = _pages(match.group(1))
+        links = ", ".join(f"{{doc}}`/theory/{page}`" for page in pages) or "the theory pages"
+        before = match.string[:match.start()].rstrip()
+        return ("see " + links) if before.endswith("(") else links
+
+    return _SECTIONS_MYST.sub(sections, text)
+
+
+def _source_read(app, docname, source):
+    if docname.startswith("notebooks/") and "DESIGN" in source[0]:
+        source[0] = rewrite_markdown(source[0])
+
+
 def _process(app, what, name, obj, options, lines):
     for i, line in enumerate(lines):
         if "DESIGN" in line or "issue" in line or "docs/theory/" in line:
@@ -65,4 +87,5 @@ def _process(app, what, name, obj, options, lines):
 
 def setup(app):
     app.connect("autodoc-process-docstring", _process)
+    app.connect("source-read", _source_read)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}
