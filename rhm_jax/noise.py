@@ -4,14 +4,14 @@ Everything a noise process does to inference enters through the leaf log-likelih
 ``log lik_i(a) = log p(observation_i | x0_i = a)`` (up to a constant in ``a``), which is
 what belief propagation consumes. Four processes share one interface:
 
-===========================  =========================  ==================================
-process                      observation                ``leaf_log_likelihood``
-===========================  =========================  ==================================
-:class:`EpsilonProcess`      the clean tokens (n, d)    ``log((1-ε)[a = x0_i] + ε/v)``
-:class:`Masking`             int (n, d) in ``[0, v]``   0 if masked, else one-hot (log)
-:class:`UniformSubstitution` int (n, d) in ``[0, v)``   ``log(ᾱ[a = x_t,i] + (1-ᾱ)/v)``
-:class:`Gaussian`            float (n, d, v)            ``sqrt(ᾱ)/(1-ᾱ) · x_t,i[a]``
-===========================  =========================  ==================================
+============================  =========================  ==================================
+process                       observation                ``leaf_log_likelihood``
+============================  =========================  ==================================
+:class:`EpsilonProcess`       the clean tokens (n, d)    ``log((1-ε)[a = x0_i] + ε/v)``
+:class:`Masking`              int (n, d) in ``[0, v]``   0 if masked, else one-hot (log)
+:class:`UniformSubstitution`  int (n, d) in ``[0, v)``   ``log(ᾱ[a = x_t,i] + (1-ᾱ)/v)``
+:class:`Gaussian`             float (n, d, v)            ``sqrt(ᾱ)/(1-ᾱ) · x_t,i[a]``
+============================  =========================  ==================================
 
 Common interface (``t ∈ [0, 1]`` is a scalar or one time per sequence, shape ``(n,)``, an
 array or a list; a noise sweep is one ``jax.vmap`` over ``t``; ``key`` is a typed

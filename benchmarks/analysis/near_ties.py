@@ -1,6 +1,6 @@
 """Where a masking network's top-1 misses against BP fall, and what top-1 a given KL allows.
 
-Run from the repository root, after the 120k-step training run of the README:
+Run from the repository root, after the 120k-step training run of docs/results/training.md:
 
     .venv/bin/python benchmarks/analysis/near_ties.py \
         runs/masking_w64_ml4_120k

@@ -28,10 +28,12 @@ objective              network's estimate                         compared on
 masking (MaskedELBO)   ``softmax(outputs)`` = ``p(x0_i | x_t)``   masked tokens only (the
                                                                   loss ignores the others)
 D3PM (D3PMBound)       ``softmax(outputs)`` = ``p̃``, optimum      every token
-                       ``w_L ∝ μ_L / lik`` (BP's downward message)
+                       ``w_L ∝ μ_L / lik`` (BP's downward
+                       message)
 Gaussian x0            ``softmax(outputs)``, optimum ``μ_L``      every token
-Gaussian ε             implied posterior mean ``(x_t - √(1-ᾱ) ε̂)/   every token
-                       √ᾱ``, optimum ``μ_L`` (Tweedie)
+Gaussian ε             implied posterior mean                     every token
+                       ``(x_t - √(1-ᾱ) ε̂)/√ᾱ``, optimum ``μ_L``
+                       (Tweedie)
 =====================  =========================================  =========================
 
 The ε-network's implied mean is not a distribution: it is clipped at
