@@ -120,3 +120,31 @@ def test_the_helps_library_defaults_are_the_dataclasses():
     shown = {"online": None, "auto": None}
     for field, value in LIBRARY_DEFAULTS.items():
         assert own[field] == shown.get(value, value), field
+
+
+def test_every_stored_run_is_reproduced_by_its_config_json():
+    from rhm_jax.denoise.train import TrainConfig
+
+    parser = build_parser()
+    stored = sorted((ROOT / "benchmarks/results/train").glob("*/config.json"))
+    assert len(stored) >= 6
+    for path in stored:
+        config = config_from_args(parser.parse_args(["train", "--config", str(path)]))
+        # a field newer than the run takes the library's default, as when it was trained
+        assert config == TrainConfig.from_dict(json.loads(path.read_text())), path
+
+
+#: Each experiment file and the stored run it describes.
+RECIPES = {"masking_16_4_2_4": "masking_w64_ml4", "masking_16_4_2_4_120k": "masking_w64_ml4_120k",
+           "d3pm_8_3_2_3": "study_d3pm", "masking_8_3_2_3": "study_masking"}
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_each_experiment_file_is_its_stored_run(recipe):
+    from rhm_jax.denoise.train import TrainConfig
+
+    assert sorted(p.stem for p in (ROOT / "configs").glob("*.toml")) == sorted(RECIPES)
+    config = config_from_args(build_parser().parse_args(
+        ["train", "--config", str(ROOT / "configs" / f"{recipe}.toml")]))
+    stored = ROOT / "benchmarks/results/train" / RECIPES[recipe] / "config.json"
+    assert config == TrainConfig.from_dict(json.loads(stored.read_text()))

@@ -45,6 +45,9 @@ QUICK = {"steps": 40, "batch_size": 32, "model.width": 32, "model.num_layers": 2
          "test_size": 128, "steps_per_call": 10, "log_every": 10, "eval_every": 20,
          "checkpoint_every": 20}
 
+#: Key of :func:`read_config_file`'s result: the file is a run's complete ``config.json``.
+RUN_CONFIG = "__run_config__"
+
 #: Loss flag values per process: ``--process gaussian --loss eps`` trains the ε-MSE.
 LOSS_NAMES = {"masking": {"nelbo": "masked_elbo"}, "uniform": {"d3pm": "d3pm"},
               "gaussian": {"x0": "gaussian_x0", "eps": "gaussian_eps"}}
@@ -58,7 +61,8 @@ FLAGS = {
     "--arch": ("model.architecture", str),
     "--width": ("model.width", integer_flag("--width", 1)),
     "--block-depth": ("model.block_depth", integer_flag("--block-depth", 0)),
-    "--mlp-levels": ("model.mlp_levels", integer_flag("--mlp-levels", 0)),
+    "--mlp-levels": ("model.mlp_levels", lambda text: "all" if text.strip() == "all"
+                     else integer_flag("--mlp-levels", 0)(text)),
     "--norm": ("model.norm", str),
     "--num-layers": ("model.num_layers", integer_flag("--num-layers", 1)),
     "--num-heads": ("model.num_heads", integer_flag("--num-heads", 1)),
@@ -83,7 +87,7 @@ HELP = {
     "--test-size": "held-out data", "--arch": "network: unet or transformer",
     "--width": "channels (U-Net) or model dimension (transformer)",
     "--block-depth": "U-Net: residual MLPs per block", "--mlp-levels": "U-Net: MLPs only on "
-    "levels l < N, the root being level 0", "--norm": "layer, rms or none",
+    "levels l < N, the root being level 0, or all", "--norm": "layer, rms or none",
     "--num-layers": "transformer blocks", "--num-heads": "transformer attention heads",
     "--positions": "transformer positions: rotary or learned",
     "--time-conditioning": "auto (off for masking, whose optimum does not depend on t), on "
@@ -122,10 +126,10 @@ def add_parser(subparsers):
         description="Train a denoiser on RHM data with the loss of one noise process; writes "
                     "config, checkpoints, metrics.jsonl and loss_curve.png. Values come from "
                     "the built-in recipe, then --config, then --quick, then the flags.")
-    p.add_argument("--config", type=read_config_file, default=None, metavar="FILE.toml",
-                   help="experiment file (TOML with TrainConfig's fields, a [model] table and "
-                        "optionally devices = N); the flags given override it (default: none, "
-                        "the built-in recipe)")
+    p.add_argument("--config", type=read_config_file, default=None, metavar="FILE",
+                   help="experiment file: TOML with TrainConfig's fields, a [model] table and "
+                        "optionally devices = N, or a run's config.json; the flags given "
+                        "override it (default: none, the built-in recipe)")
     add_rhm_args(p, v=RECIPE["v"], m=RECIPE["m"], s=RECIPE["s"])
     for action in p._actions:  # the recipe's value shows in the help; None marks "not given"
         if action.dest in ("v", "m", "s", "seed"):
@@ -160,24 +164,34 @@ def add_parser(subparsers):
 
 
 def read_config_file(path: str) -> dict:
-    """The values of a ``--config`` TOML file, flattened (``model.width``), checked for
-    unknown keys; ``devices`` is kept as a run setting."""
+    """The values of a ``--config`` file, flattened (``model.width``), checked for unknown
+    keys; ``devices`` is kept as a run setting.
+
+    A TOML file (an experiment of ``configs/``) or the ``config.json`` of a training run
+    (so a stored run is reproduced by pointing at its configuration).
+    """
+    import json
     import tomllib
 
     from rhm_jax.denoise.models import ModelConfig
     from rhm_jax.denoise.train import TrainConfig
 
+    kind = "JSON" if path.endswith(".json") else "TOML"
     try:
         with open(path, "rb") as handle:
-            data = tomllib.load(handle)
+            data = json.load(handle) if kind == "JSON" else tomllib.load(handle)
     except OSError as err:
         raise argparse.ArgumentTypeError(f"--config = {path!r} cannot be read "
                                          f"({err.strerror or err})") from None
-    except tomllib.TOMLDecodeError as err:
-        raise argparse.ArgumentTypeError(f"--config = {path!r} is not valid TOML ({err})") from None
+    except (tomllib.TOMLDecodeError, ValueError) as err:
+        raise argparse.ArgumentTypeError(f"--config = {path!r} is not valid {kind} ({err})") from None
+    if not isinstance(data, dict):
+        raise argparse.ArgumentTypeError(f"--config = {path!r} must hold a table of settings")
+    # A run's config.json is complete in the library's terms: what it lacks (a field newer
+    # than the run) takes TrainConfig's default, not the recipe's.
+    values = {RUN_CONFIG: kind == "JSON"}
     fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"model"}
     model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    values = {}
     for key, value in data.items():
         if key == "model" and isinstance(value, dict):
             for name, item in value.items():
@@ -201,7 +215,9 @@ def config_from_args(args):
     from rhm_jax.denoise.models import ModelConfig
     from rhm_jax.denoise.train import TrainConfig
 
-    values = {**RECIPE, **{k: v for k, v in (args.config or {}).items() if k != "devices"}}
+    file = dict(args.config or {})
+    base = {} if file.pop(RUN_CONFIG, False) else RECIPE
+    values = {**base, **{k: v for k, v in file.items() if k != "devices"}}
     if args.quick:
         values.update(QUICK)
     given = {"v": args.v, "m": args.m, "s": args.s, "L": args.L, "n_classes": args.n_classes,
@@ -219,8 +235,10 @@ def config_from_args(args):
     tc = values.get("model.time_conditioning")
     if isinstance(tc, str):
         values["model.time_conditioning"] = {"auto": None, "on": True, "off": False}[tc]
-    if values.get("model.architecture", "unet") == "unet":
+    if base and values.get("model.architecture", "unet") == "unet":
         values.setdefault("model.mlp_levels", values["L"])
+    if values.get("model.mlp_levels") == "all":  # MLPs on every level, leaves included
+        values["model.mlp_levels"] = None
     model = {k[len("model."):]: v for k, v in values.items() if k.startswith("model.")}
     flat = {k: v for k, v in values.items() if not k.startswith("model.")}
     flags = {field: flag for flag, (field, _) in FLAGS.items()}
