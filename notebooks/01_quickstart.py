@@ -30,8 +30,9 @@
 #    one shot);
 # 5. the class posterior as the noise grows.
 #
-# It runs in a minute or two on a laptop CPU. The notation follows `DESIGN.md` of the repository
-# (level 0 is the root, level `L` the tokens).
+# At full size it runs in about two minutes on a 2-core CPU. The notation is that of the
+# project's theory pages, starting with [the model](../docs/theory/model.md) (level 0 is the
+# root, level `L` the tokens).
 
 # %% [markdown]
 # ## Setup
@@ -171,7 +172,7 @@ import numpy as np
 from rhm_jax import (EpsilonProcess, Gaussian, Masking, RHMConfig, UniformSubstitution, bp,
                      digits_from_tokens, sample_data, sample_grammar)
 
-plt.rcParams.update({"figure.dpi": 80, "font.size": 9})
+plt.rcParams.update({"figure.dpi": 80, "font.size": 10})
 start = time.time()
 
 cfg = RHMConfig(v=V, m=M, s=S, L=L)
@@ -269,7 +270,8 @@ draw_tree(ax, original, cfg, title=f"datum 0: class {int(data.classes[0])}, {cfg
 # | `Gaussian` | one-hot vector plus Gaussian noise: `sqrt(ᾱ_t)·e_{x0} + sqrt(1-ᾱ_t)·η` | DDPM linear-β |
 #
 # The ε-process is the theorist's device (its mean-field theory is in notebook 02); the other
-# three are what masked, discrete and continuous diffusion models use. The next cell noises the
+# three are what masked, discrete and continuous diffusion models use (theory page:
+# [noise processes](../docs/theory/noise.md)). The next cell noises the
 # data with each process — at `t = 0.5`, except the Gaussian at `t = 0.1`: the DDPM schedule
 # destroys information much earlier in `t` (at `t = 0.5` almost nothing is left) — and shows,
 # for the datum above and every token position (columns), the
@@ -358,7 +360,8 @@ for name, measured, expected, se in checks:
 # propagation up and down the tree and returns, for every level `l`, the exact posterior
 # marginals `μ_l` of shape `(n, s**l, n_l)`: for each node, the probability of each symbol
 # given the whole noisy sequence. `μ_0[:, 0]` is the class posterior, `μ_L` the denoised
-# tokens `E[onehot(x0) | x_t]`.
+# tokens `E[onehot(x0) | x_t]` (theory page: [belief
+# propagation](../docs/theory/belief_propagation.md)).
 #
 # The next cell masks the datum at `t = 0.35` and shows `μ_l` for every level as a heatmap
 # (one column per node, one row per symbol, dark = probable; red circles = the true
@@ -387,7 +390,7 @@ for level, ax in enumerate(axes):
     if level:
         ax.set_yticks([])
 axes[0].set_ylabel("symbol")
-fig.suptitle(f"posterior marginals μ_l given the datum masked at t = {T_BP}", y=1.02)
+fig.suptitle(f"posterior marginals μ_l given the datum masked at t = {T_BP}", y=1.02);
 
 # %% [markdown]
 # How to read it: a visible token is known (a black cell on its circle); a pair of visible

@@ -32,8 +32,10 @@
 #    it against `ε*`, and shows where the class curves of different depths cross;
 # 4. repeats the experiment with the four noise processes side by side.
 #
-# At full size it takes about three minutes on a 2-core CPU, most of it compiling one BP
-# program per depth. `01_quickstart.ipynb` introduces the pieces used here.
+# At full size it takes about four minutes on a 2-core CPU, most of it compiling one BP
+# program per depth. `01_quickstart.ipynb` introduces the pieces used here. The theory pages
+# behind it: [the forward–backward observables](../docs/theory/phase_transition.md) and
+# [mean-field theory](../docs/theory/mean_field.md).
 
 # %% [markdown]
 # ## Setup
@@ -174,7 +176,8 @@ print(f"SMOKE = {SMOKE}: depths {depths}, {N_DATA} data x {NUM_GRAMMARS} grammar
 # iteration climbs to 1, below it falls to chance: as `L → ∞` the class is recovered exactly
 # when `p_L > p*`, i.e. when `ε < ε* = (1 - p*)·v/(v-1)`. Near `p*` deviations grow by
 # `F'(p*)` per level, so at depth `L` the transition has a width `∝ F'(p*)^(-L)`.
-# `rhm_jax.theory.MeanField` implements all of this.
+# `rhm_jax.theory.MeanField` implements all of this; [mean-field
+# theory](../docs/theory/mean_field.md) derives it.
 #
 # The figure shows `F` (solid) against the diagonal, and the iteration from the leaves to the
 # root (the staircase) for two noise levels: just below `ε*` it climbs to 1, just above it
@@ -189,7 +192,7 @@ import matplotlib.pyplot as plt
 from rhm_jax import EpsilonProcess, Gaussian, Masking, RHMConfig, UniformSubstitution, theory
 from rhm_jax.experiments import forward_backward, sample_grammars
 
-plt.rcParams.update({"figure.dpi": 80, "font.size": 9})
+plt.rcParams.update({"figure.dpi": 80, "font.size": 10})
 start = time.time()
 
 mf = theory.MeanField(V, M, S)
@@ -218,7 +221,7 @@ ax.plot([mf.p_star], [mf.p_star], "ko", mfc="white")
 ax.annotate("p*", (mf.p_star, mf.p_star), xytext=(8, -12), textcoords="offset points")
 ax.set_xlabel("$p_l$ (belief on the true symbol, level l)")
 ax.set_ylabel("$p_{l-1} = F(p_l)$")
-ax.legend(loc="upper left")
+ax.legend(loc="upper left");
 
 # %% [markdown]
 # ## 2. The forward–backward experiment at several depths
@@ -258,17 +261,19 @@ def level_curves(result):
 # %% [markdown]
 # ### The main figure
 #
-# Left: the class reconstruction `P_0` against `ε`, one colour per depth (markers with error
-# bars: exact BP; dashed: the mean-field prediction `q_0(ε)` at the same depth; dotted: `ε*`;
-# grey: chance `1/v`). Right: the same for the tokens, `P_L`.
+# Left: the class reconstruction `P_0` against `ε`, one colour per depth (open markers with
+# error bars: exact BP; solid line of the same colour, drawn over them: the mean-field
+# prediction `q_0(ε)` at the same depth; dotted: `ε*`; grey: chance `1/v`). Right: the same
+# for the tokens, `P_L`.
 #
 # How to read it: the class is kept almost surely up to a noise that grows with `L`, then
 # falls to chance over a range that narrows with `L` — the deeper the tree, the more the curve
 # looks like a step at `ε*`. The tokens decay gradually — with a kink at `ε*`, where the help
 # they get from the upper levels of the tree switches off — and are still kept far above chance
 # past the threshold. So in the window just above the threshold a reconstruction has a
-# different class than the original, yet keeps many of its tokens. The theory follows BP closely everywhere except right at the
-# steepest part of the deepest curves.
+# different class than the original, yet keeps many of its tokens. The lines pass through
+# the markers almost everywhere: the theory follows BP closely except right at the steepest
+# part of the deepest curves.
 
 # %%
 grid = np.linspace(0.0, 1.0, 401)
@@ -278,16 +283,21 @@ for color, L in zip(colors, depths):
     marginal, marginal_se, _, _ = level_curves(sweeps[L])
     q = mf.level_curves(grid, L).q
     for ax, level in ((ax_class, 0), (ax_tokens, L)):
-        ax.errorbar(eps_grid, marginal[:, level], marginal_se[:, level], color=color, marker="o",
-                    ms=3, lw=1.1, label=f"BP, L = {L}")
-        ax.plot(grid, q[level], "--", color=color, lw=0.9)
+        ax.errorbar(eps_grid, marginal[:, level], marginal_se[:, level], color=color, fmt="o",
+                    ms=4.5, mfc="white", mew=1.2, elinewidth=1, zorder=2,
+                    label=f"exact BP, L = {L}")
+        ax.plot(grid, q[level], "-", color=color, lw=1.5, zorder=3, label=f"mean field, L = {L}")
 for ax, title in ((ax_class, "class, $P_0$"), (ax_tokens, "tokens, $P_L$")):
     ax.axvline(mf.eps_star, color="k", ls=":", lw=1)
     ax.axhline(1 / V, color="0.6", lw=0.8)
     ax.set_xlabel("noise ε")
-    ax.set_title(f"{title} (dashed: mean field; dotted: ε* = {mf.eps_star:.3f})")
+    ax.set_title(f"{title} (dotted: ε* = {mf.eps_star:.3f})")
 ax_class.set_ylabel("probability that $\\hat x_0$ keeps it")
-ax_class.legend()
+handles, labels = ax_class.get_legend_handles_labels()
+order = [labels.index(f"{kind}, L = {L}") for L in depths for kind in ("exact BP", "mean field")]
+ax_class.legend([handles[i] for i in order], [labels[i] for i in order], loc="lower left",
+                fontsize=9)
+fig.tight_layout()
 
 # %% [markdown]
 # The assertions check the figure's claims and the experiment's consistency:
@@ -322,7 +332,8 @@ for L in depths:
 # ### Every level at the largest depth
 #
 # The same experiment, all levels at once for the deepest tree: `P_l(ε)` from the class
-# (`l = 0`, darkest) to the tokens (`l = L`, lightest), with the mean-field `q_l` dashed. The
+# (`l = 0`, darkest) to the tokens (`l = L`, lightest); open markers: exact BP, solid lines
+# drawn over them: the mean-field `q_l`. The
 # levels near the root switch off together at the threshold; the lower a level, the more
 # gradual its decay. The checks: the class transition — the window of `ε` over which `P_0`
 # falls from 90% to 10% of its range above chance (`theory.curve_width`) — narrows with every
@@ -339,13 +350,14 @@ fig, ax = plt.subplots(figsize=(6, 4.2))
 for level in range(L_max + 1):
     label = "class (l = 0)" if level == 0 else ("tokens" if level == L_max else f"l = {level}")
     ax.errorbar(eps_grid, marginal[:, level], marginal_se[:, level], color=level_colors[level],
-                marker="o", ms=2.5, lw=1, label=label)
-    ax.plot(grid, q[level], "--", color=level_colors[level], lw=0.7)
+                fmt="o", ms=3.5, mfc="white", mew=1, elinewidth=0.8, zorder=2, label=label)
+    ax.plot(grid, q[level], "-", color=level_colors[level], lw=1.2, zorder=3)
+ax.plot([], [], "-", color="0.3", lw=1.2, label="mean field $q_l$")
 ax.axvline(mf.eps_star, color="k", ls=":", lw=1)
 ax.set_xlabel("noise ε")
 ax.set_ylabel("$P_l$")
-ax.set_title(f"every level, L = {L_max}")
-ax.legend(ncol=2)
+ax.set_title(f"every level, L = {L_max} (markers: exact BP)")
+ax.legend(ncol=2, fontsize=9, loc="lower left")
 
 
 def normalised(curve):
@@ -478,7 +490,7 @@ if len(depths) >= 2:
 ax_cross.set_xlim(0.45, 0.95)
 ax_cross.set_xlabel("noise ε")
 ax_cross.set_ylabel("$P_0$")
-ax_cross.legend()
+ax_cross.legend();
 
 # %% [markdown]
 # ## 4. Four noise processes side by side
@@ -486,7 +498,8 @@ ax_cross.legend()
 # The phase transition is not a property of the ε-process alone. Here the same experiment runs
 # at the largest depth with the noises that diffusion models use — masking (absorbing), uniform
 # substitution (D3PM) and Gaussian noise on one-hot tokens (DDPM), each with its default schedule
-# (see `01_quickstart.ipynb`) — next to the ε-process. The same data and grammar are used
+# (see `01_quickstart.ipynb` and [noise processes](../docs/theory/noise.md)) — next to the
+# ε-process. The same data and grammar are used
 # throughout.
 
 # %%
@@ -500,15 +513,15 @@ for name, process in (("masking", Masking(cfg)), ("uniform substitution", Unifor
     print(f"{name}: {time.time() - tic:.1f} s")
 
 # %% [markdown]
-# The first four panels show `P_l(t)` for every level (colours as above: dark = class, light =
-# tokens) against each process's own time `t`. Times are not comparable between processes — a
-# schedule decides how fast information is destroyed (the DDPM schedule for the Gaussian
-# destroys most of it by `t ≈ 0.3`). The last panel removes the schedule: it plots the class
-# reconstruction `P_0` against the token reconstruction `P_L` as the noise grows, for every
-# process (and the mean field for the ε-process, dashed). The class stays nearly certain while
-# `P_L` is above about 0.9, then collapses to chance while about half or more of the tokens are
-# still kept. The four processes trace nearly the same curve: how much of the tokens survives, not
-# the way they were noised, decides the fate of the class.
+# The four panels on the left show `P_l(t)` for every level (colours as above: dark = class,
+# light = tokens) against each process's own time `t`. Times are not comparable between
+# processes — a schedule decides how fast information is destroyed (the DDPM schedule for the
+# Gaussian destroys most of it by `t ≈ 0.3`). The panel on the right removes the schedule: it
+# plots the class reconstruction `P_0` against the token reconstruction `P_L` as the noise
+# grows, for every process (and the mean field for the ε-process, dashed). The class stays
+# nearly certain while `P_L` is above about 0.9, then collapses to chance while about half or
+# more of the tokens are still kept. The four processes trace nearly the same curve: how much
+# of the tokens survives, not the way they were noised, decides the fate of the class.
 #
 # The checks, for every process: `P_0 = 1` at `t = 0` and chance at `t = 1` (within 0.002 — the
 # DDPM schedule leaves `ᾱ_1 = 4·10⁻⁵`); the estimators agree as before; and where the class is
@@ -516,7 +529,9 @@ for name, process in (("masking", Masking(cfg)), ("uniform substitution", Unifor
 # threshold `t_1/2` is reported with its standard error.
 
 # %%
-fig, axes = plt.subplots(1, 5, figsize=(17, 3.6))
+fig, panels = plt.subplot_mosaic([["0", "1", "vs"], ["2", "3", "vs"]], figsize=(11, 6.6),
+                                 width_ratios=[1, 1, 1.25])
+axes, ax_vs = [panels[k] for k in "0123"], panels["vs"]
 for ax, (name, (times, result)) in zip(axes, by_process.items()):
     marginal, marginal_se, sampled, sampled_se = level_curves(result)
     for level in range(L_max + 1):
@@ -525,7 +540,7 @@ for ax, (name, (times, result)) in zip(axes, by_process.items()):
     ax.set_title(name)
     ax.set_xlabel("ε" if name == "ε-process" else "t")
     ax.set_ylim(-0.02, 1.02)
-    axes[4].plot(marginal[:, L_max], marginal[:, 0], marker="o", ms=2.5, lw=1, label=name)
+    ax_vs.plot(marginal[:, L_max], marginal[:, 0], marker="o", ms=3, lw=1, label=name)
 
     assert abs(marginal[0, 0] - 1) < 1e-5, f"{name}: class kept at t = 0"
     assert abs(marginal[-1, 0] - 1 / V) < 2e-3, f"{name}: chance at t = 1"
@@ -537,14 +552,15 @@ for ax, (name, (times, result)) in zip(axes, by_process.items()):
     print(f"{name:>22}: t_1/2 = {t_half:.4f} ± {t_half_se:.4f}; at t = {t_lost:.3f} the class "
           f"keeps {class_left:.3f} and the tokens {tokens_left:.3f} of their range")
     report(f"t_half_{name.split()[0].replace('ε-process', 'epsilon')}_L{L_max}", t_half, t_half_se)
-axes[0].set_ylabel("$P_l$")
-axes[0].legend()
+for ax in (axes[0], axes[2]):
+    ax.set_ylabel("$P_l$")
+axes[0].legend(loc="lower left")
 q = mf.level_curves(grid, L_max).q
-axes[4].plot(q[L_max], q[0], "k--", lw=0.8, label="mean field (ε)")
-axes[4].set_xlabel("tokens kept, $P_L$")
-axes[4].set_ylabel("class kept, $P_0$")
-axes[4].set_title("class vs tokens")
-axes[4].legend(fontsize=7)
+ax_vs.plot(q[L_max], q[0], "k--", lw=1.2, zorder=3, label="mean field (ε)")
+ax_vs.set_xlabel("tokens kept, $P_L$")
+ax_vs.set_ylabel("class kept, $P_0$")
+ax_vs.set_title("class vs tokens")
+ax_vs.legend(loc="upper left")
 fig.tight_layout()
 print(f"notebook ran in {time.time() - start:.0f} s")
 

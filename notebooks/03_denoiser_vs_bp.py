@@ -20,8 +20,8 @@
 # propagation (BP) on the tree. A neural network trained with a diffusion loss has that
 # denoiser as the optimum of its loss, so on RHM data we can measure against an exact
 # reference how close a trained network gets — not only in loss, but in the quantity it
-# predicts, in the phase transition of its reconstructions, and in the sequences it
-# generates.
+# predicts, in how much of each level of the tree its reconstructions keep, and in the
+# sequences it generates (theory page: [trained denoisers](../docs/theory/denoisers.md)).
 #
 # This notebook
 #
@@ -37,7 +37,7 @@
 # 5. generates sequences from pure noise and checks, level by level, whether the grammar
 #    could have produced them.
 #
-# At full size it takes five to six minutes on a 2-core CPU, two of them training. It
+# At full size it takes about two minutes on a 2-core CPU, one of them training. It
 # uses the library's public API only:
 # `rhm_jax.denoise` (training, loading, sampling) and `rhm_jax.denoise.compare` (the
 # measurements); `rhm-jax train` and `rhm-jax compare` do the same from a shell.
@@ -121,8 +121,8 @@ print(f"rhm_jax {rhm_jax.__version__}, jax {jax.__version__}; JAX sees {jax.devi
 # at the time the forward process would have masked it — `d` calls, and an exact posterior
 # draw when the marginals are exact; an integer `K` instead runs `K` steps on a uniform
 # time grid, each drawing the tokens it reveals independently of each other.
-# The full-size values are those of the repository's README, where this network reached a
-# mean KL of 0.011 nats per masked token.
+# The full-size values are those of the repository's README. Losses and KL divergences are
+# in bits (per token, or per masked token) throughout.
 #
 # `SMOKE` (on under CI, or with `FORCE_SMOKE`) trains a smaller network (width 32, no MLP
 # layers, which compiles faster) for 100 steps at a higher learning rate and measures on
@@ -163,13 +163,14 @@ SEED = 0  # @param {type:"integer"}
 NUM_STEPS = None  # one token at a time; an integer K: K grid steps
 STEPS_PER_CALL, EVAL_EVERY, WARMUP = 50, 250, 100
 # Thresholds of the claims that depend on how long the network trained (see the prose).
-EXPECT = dict(top1_min=0.95, kl_max=0.05, loss_gap_max=0.05, p_gap_max=0.02,
+# (KL and loss gap in bits.)
+EXPECT = dict(top1_min=0.95, kl_max=0.07, loss_gap_max=0.07, p_gap_max=0.02,
               rules_valid_min=0.95, fully_valid_min=0.8)
 if SMOKE:
     WIDTH, BLOCK_DEPTH, LEARNING_RATE = 32, 0, 5e-3
     STEPS, STEPS_PER_CALL, EVAL_EVERY, WARMUP = 100, 25, 25, 5
     N_DATA, N_SAMPLES, NUM_TIMES = 32, 128, 4
-    EXPECT = dict(top1_min=0.6, kl_max=0.8, loss_gap_max=1.0, p_gap_max=0.35,
+    EXPECT = dict(top1_min=0.6, kl_max=1.2, loss_gap_max=1.5, p_gap_max=0.35,
                   rules_valid_min=0.5, fully_valid_min=0.02)
 
 
@@ -218,7 +219,7 @@ from rhm_jax import sample_data
 from rhm_jax.denoise import Denoiser, ModelConfig, TrainConfig, build_model, load_run, train
 from rhm_jax.denoise import compare
 
-plt.rcParams.update({"figure.dpi": 80, "font.size": 9})
+plt.rcParams.update({"figure.dpi": 80, "font.size": 10})
 start = time.time()
 
 config = TrainConfig(
@@ -257,7 +258,7 @@ print(f"network: {config.model}")
 run_dir = tempfile.mkdtemp(prefix="rhm_jax_denoiser_")
 tic = time.time()
 train(config, run_dir, progress=False, plot=False)
-print(f"trained {STEPS} steps in {time.time() - tic:.0f} s into {run_dir}")
+print(f"trained {STEPS} steps in {time.time() - tic:.0f} s")
 
 rows = [json.loads(line) for line in open(f"{run_dir}/metrics.jsonl")]
 held_out = [row for row in rows if row["split"] == "test"]
@@ -274,7 +275,7 @@ ax.axhline(entropy_bits, color="k", ls=":", lw=1, label=f"log2(P_max)/d = {entro
 ax.set_xscale("log")
 ax.set_xlabel("training sequences seen (step 0 drawn at the left edge)")
 ax.set_ylabel("bits per token")
-ax.legend()
+ax.legend();
 
 # %% [markdown]
 # How to read it: the loss falls fast at first — the network learns which tokens the
@@ -309,9 +310,10 @@ assert run.step == STEPS and run.config == config
 # `compare.agreement` noises held-out data at each time `t` and compares, token by token,
 # the network's estimate of the quantity its loss targets with BP's exact value of it, on
 # the same noisy inputs. For masking that is `p(x0_i | visible tokens)` on the masked
-# tokens (the loss ignores the others). It reports `KL(BP ‖ network)` in nats per masked
-# token and the top-1 agreement: the fraction of masked tokens where the network's most
-# probable symbol is one of BP's most probable ones (BP's posterior often has exact ties).
+# tokens (the loss ignores the others). It reports `KL(BP ‖ network)` per masked token (in
+# nats; the cell divides by `ln 2` to give bits) and the top-1 agreement: the fraction of
+# masked tokens where the network's most probable symbol is one of BP's most probable ones
+# (BP's posterior often has exact ties).
 # Errors are standard errors over data.
 #
 # `compare.network_predictor(denoiser)` wraps the network for these measures (and
@@ -323,9 +325,10 @@ assert run.step == STEPS and run.config == config
 #
 # Also in this cell: `compare.compare_losses`, the held-out loss of the network next to the
 # loss with BP in its place, paired on the same data, times and noise — a sharper
-# measure of the gap than the two curves above (nats per token).
+# measure of the gap than the two curves above (converted to bits per token).
 
 # %%
+BITS = 1 / np.log(2)  # nats -> bits
 times = np.round(np.linspace(1.0 / NUM_TIMES, 1.0, NUM_TIMES), 6)
 data_key, agreement_key, loss_key, fb_key, sample_key = jax.random.split(
     jax.random.key(SEED + 1), 5)
@@ -345,12 +348,13 @@ print(f"agreement at {NUM_TIMES} noise levels and losses in {time.time() - tic:.
 
 fig, (ax_kl, ax_top) = plt.subplots(1, 2, figsize=(10, 3.6))
 for (name, result), color in zip(agree.items(), ("tab:blue", "0.6")):
-    ax_kl.errorbar(result.times, result.kl, result.kl_se, marker="o", ms=3, color=color,
+    ax_kl.errorbar(result.times, result.kl * BITS, result.kl_se * BITS, marker="o", ms=3,
+                   color=color,
                    label=name)
     ax_top.errorbar(result.times, result.top1, result.top1_se, marker="o", ms=3,
                     color=color, label=name)
 ax_kl.set_yscale("log")
-ax_kl.set_ylabel("KL(BP ‖ network), nats per masked token")
+ax_kl.set_ylabel("KL(BP ‖ network), bits per masked token")
 ax_top.set_ylabel("top-1 agreement with BP")
 ax_top.set_ylim(-0.02, 1.02)
 for ax in (ax_kl, ax_top):
@@ -373,7 +377,7 @@ fig.tight_layout()
 # errors; the trained network's mean top-1 agreement is at least `EXPECT["top1_min"]` and
 # its mean KL at most `EXPECT["kl_max"]` (each within four standard errors); and its loss
 # lies above BP's (the floor: the paired gap is not negative beyond four standard errors)
-# by at most `EXPECT["loss_gap_max"]` nats per token.
+# by at most `EXPECT["loss_gap_max"]` bits per token.
 
 # %%
 def mean_over_times(values, errors):
@@ -384,38 +388,43 @@ def mean_over_times(values, errors):
 trained, before = agree["trained network"], agree["untrained network"]
 top1, top1_se = mean_over_times(trained.top1, trained.top1_se)
 top1_before, top1_before_se = mean_over_times(before.top1, before.top1_se)
-kl, kl_se = mean_over_times(trained.kl, trained.kl_se)
+kl, kl_se = mean_over_times(trained.kl * BITS, trained.kl_se * BITS)
+loss_gap, loss_gap_se = losses.gap * BITS, losses.gap_se * BITS
 half = int(np.argmin(np.abs(trained.times - 0.5)))
 print(f"mean over t: top-1 {top1:.4f} ± {top1_se:.4f} (untrained {top1_before:.4f}), "
-      f"KL {kl:.4f} ± {kl_se:.4f} nats per masked token")
+      f"KL {kl:.4f} ± {kl_se:.4f} bits per masked token")
 print(f"at t = {trained.times[half]}: top-1 {trained.top1[half]:.4f} ± "
-      f"{trained.top1_se[half]:.4f}, KL {trained.kl[half]:.4f} ± {trained.kl_se[half]:.4f}")
-print(f"loss: network {losses.network:.4f} ± {losses.network_se:.4f}, BP {losses.bp:.4f} ± "
-      f"{losses.bp_se:.4f}, paired gap {losses.gap:.4f} ± {losses.gap_se:.4f} nats per token")
+      f"{trained.top1_se[half]:.4f}, KL {trained.kl[half] * BITS:.4f} ± "
+      f"{trained.kl_se[half] * BITS:.4f} bits")
+print(f"loss: network {losses.network * BITS:.4f} ± {losses.network_se * BITS:.4f}, BP "
+      f"{losses.bp * BITS:.4f} ± {losses.bp_se * BITS:.4f}, paired gap {loss_gap:.4f} ± "
+      f"{loss_gap_se:.4f} bits per token")
 assert top1 - top1_before > 4 * np.hypot(top1_se, top1_before_se), "training helps"
 assert top1 + 4 * top1_se >= EXPECT["top1_min"], "top-1 agreement with BP"
 assert kl - 4 * kl_se <= EXPECT["kl_max"], "KL(BP || network)"
-assert losses.gap >= -4 * losses.gap_se, "no network beats BP's loss"
-assert losses.gap - 4 * losses.gap_se <= EXPECT["loss_gap_max"], "loss near the floor"
+assert loss_gap >= -4 * loss_gap_se, "no network beats BP's loss"
+assert loss_gap - 4 * loss_gap_se <= EXPECT["loss_gap_max"], "loss near the floor"
 report("top1_mean", top1, top1_se)
-report("kl_mean", kl, kl_se)
+report("kl_mean_bits", kl, kl_se)
 report(f"top1_t{trained.times[half]:.1f}", trained.top1[half], trained.top1_se[half])
-report("loss_gap_nats_per_token", losses.gap, losses.gap_se)
+report("loss_gap_bits_per_token", loss_gap, loss_gap_se)
 
 # %% [markdown]
-# ## 4. The phase transition, network next to BP
+# ## 4. Reconstructions level by level, network next to BP
 #
-# `02_phase_transition.ipynb` showed that exact denoising has a phase transition: as the
-# noise grows, the class (the root of the tree) is kept almost surely up to a threshold and
-# lost beyond it, while the tokens fade smoothly. Does a trained network reproduce it?
+# `02_phase_transition.ipynb` showed that exact denoising keeps the class (the root of the
+# tree) almost surely up to a threshold noise and loses it beyond, a drop that becomes a
+# sharp phase transition only as the depth grows, while the tokens fade smoothly. The tree
+# here has `L = 3` levels, too shallow for a sharp drop; what can be checked is whether the
+# network's reconstructions keep each level of the tree as often as exact denoising does.
 #
 # `compare.forward_backward_pair(key, denoiser, grammar, times, n_data, num_steps)` runs
 # the forward–backward experiment twice through one code path
 # (`rhm_jax.experiments.forward_backward`) with the same data and noise: once with exact BP
 # posterior samples, once with the network's reverse diffusion from `x_t` (one masked
-# token revealed per network call, drawn from the network's prediction for it). The reconstruction `x̂0` is parsed back up the tree, and `P_l(t)` is the
-# fraction of level-`l` nodes of `x0` it keeps; a node whose subtree the grammar cannot
-# produce counts as changed.
+# token revealed per network call, drawn from the network's prediction for it). The
+# reconstruction `x̂0` is parsed back up the tree, and `P_l(t)` is the fraction of level-`l`
+# nodes of `x0` it keeps; a node whose subtree the grammar cannot produce counts as changed.
 #
 # Left: `P_l(t)` per level, the network solid and BP dashed (error bars: one standard
 # error over data). Right: the difference network − BP per level.
@@ -444,15 +453,19 @@ ax.set_ylabel("$P_l(t)$: network (solid), exact BP (dashed)")
 ax.set_ylim(-0.02, 1.02)
 ax_diff.axhline(0, color="k", lw=0.8)
 ax_diff.set_ylabel("$P_l$ network − $P_l$ BP")
+ax.plot([], [], "-", color="0.3", lw=1.2, label="network")
+ax.plot([], [], "--", color="0.3", lw=1, label="exact BP")
 for a in (ax, ax_diff):
     a.set_xlabel("t (fraction of tokens masked)")
-    a.legend(fontsize=8)
+    a.legend(fontsize=9)
 fig.tight_layout()
 
 # %% [markdown]
-# How to read it: the trained network's curves lie on BP's at every level — the class
-# drops at the same noise, the tokens fade at the same rate — so the network's reverse
-# diffusion has the same phase transition as exact denoising. The differences scatter
+# How to read it: at this depth every level decays smoothly from 1 towards chance as more
+# tokens are masked, the class fastest and the tokens slowest — no sharp transition. The
+# trained network's curves lie on BP's at every level: the class falls at the same noise,
+# the tokens fade at the same rate, so the network's reverse diffusion keeps as much of
+# each level of the tree as exact denoising does. The differences scatter
 # around zero within about two standard errors; the largest, for the class at high noise,
 # are where the network keeps slightly less than BP (the differences of different levels
 # are correlated: they come from the same reconstructions). Only the network differs between
@@ -563,7 +576,8 @@ print(f"notebook ran in {time.time() - start:.0f} s")
 # * Trained online on `(8, 2, 2, 3)`, the tree U-Net's predictions match exact BP's: a
 #   small KL per masked token, the same top-1 choice almost everywhere, a loss a little
 #   above the exact floor `log₂ P_max / d`.
-# * Its reverse diffusion has the phase transition of exact denoising: `P_l(t)` follows
+# * Its reverse diffusion keeps each level of the tree as exact denoising does: `P_l(t)`
+#   (at this depth a smooth decay at every level, not yet a sharp transition) follows
 #   BP's at every level of the tree.
 # * Its generated sequences are grammatical most of the time; with exact marginals the
 #   same sampler always is.

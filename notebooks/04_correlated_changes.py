@@ -24,7 +24,8 @@
 # Here the analogue: when a reconstruction changes tokens of `x0`, does it change them one by
 # one, or in blocks — and how large do the blocks get at the transition?
 #
-# The measurement (DESIGN.md §6): from one start `x0`, run many forward–backward
+# The measurement (theory page: [correlated changes](../docs/theory/correlations.md)): from
+# one start `x0`, run many forward–backward
 # *trajectories* (noise `x0` to `x_t`, draw `x̂0 ~ p(x0 | x_t)` with exact BP) and record
 # the spins `σ_i = [x̂0_i ≠ x0_i]`. Their connected correlation over trajectories,
 #
@@ -49,7 +50,7 @@
 # 5. runs the Gaussian-random-field control;
 # 6. estimates the exponent `ν` from how the transition narrows with depth.
 #
-# At full size it takes about three minutes on a 2-core CPU, much of it compiling one
+# At full size it takes about two minutes on a 2-core CPU, much of it compiling one
 # program per depth and noise process. `rhm-jax chi` runs the same measurement from a shell.
 
 # %% [markdown]
@@ -199,7 +200,7 @@ from rhm_jax.correlations import (change_correlations, grf_change_correlations,
                                   spin_statistics, width_exponent)
 from rhm_jax.experiments import forward_backward
 
-plt.rcParams.update({"figure.dpi": 80, "font.size": 9})
+plt.rcParams.update({"figure.dpi": 80, "font.size": 10})
 start = time.time()
 mf = theory.MeanField(V, M, S)
 half = 0.5 * (1 + 1 / V)  # P_0 halfway between 1 and chance
@@ -485,7 +486,7 @@ fig, ax = plt.subplots(figsize=(6, 3.6))
 ax.errorbar(control.times, control.chi, control.chi_se, marker="o", ms=3)
 ax.set_xlabel("t (ᾱ = 1 − t)")
 ax.set_ylabel("χ(t)")
-ax.set_title(f"control: Gaussian random field, d = {GRF_D}, $P_k ∝ k^{{-{GRF_EXPONENT:g}}}$")
+ax.set_title(f"control: Gaussian random field, d = {GRF_D}, $P_k ∝ k^{{-{GRF_EXPONENT:g}}}$");
 
 # %% [markdown]
 # How to read it: `χ` of the field grows steadily with the noise — the more noise, the
