@@ -30,7 +30,7 @@
 #    one shot);
 # 5. the class posterior as the noise grows.
 #
-# At full size it runs in about two minutes on a 2-core CPU. The notation is that of the
+# At full size it runs in under a minute on a 2-core CPU. The notation is that of the
 # project's theory pages, starting with [the model](../docs/theory/model.md) (level 0 is the
 # root, level `L` the tokens).
 
@@ -390,7 +390,7 @@ for level, ax in enumerate(axes):
     if level:
         ax.set_yticks([])
 axes[0].set_ylabel("symbol")
-fig.suptitle(f"posterior marginals μ_l given the datum masked at t = {T_BP}", y=1.02);
+fig.suptitle(f"posterior marginals μ_l given the datum masked at t = {T_BP}", y=1.07);
 
 # %% [markdown]
 # How to read it: a visible token is known (a black cell on its circle); a pair of visible

@@ -32,7 +32,7 @@
 #    it against `ε*`, and shows where the class curves of different depths cross;
 # 4. repeats the experiment with the four noise processes side by side.
 #
-# At full size it takes about four minutes on a 2-core CPU, most of it compiling one BP
+# At full size it takes one to two minutes on a 2-core CPU, most of it compiling one BP
 # program per depth. `01_quickstart.ipynb` introduces the pieces used here. The theory pages
 # behind it: [the forward–backward observables](../docs/theory/phase_transition.md) and
 # [mean-field theory](../docs/theory/mean_field.md).

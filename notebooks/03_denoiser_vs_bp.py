@@ -37,7 +37,7 @@
 # 5. generates sequences from pure noise and checks, level by level, whether the grammar
 #    could have produced them.
 #
-# At full size it takes about two minutes on a 2-core CPU, one of them training. It
+# At full size it takes two to three minutes on a 2-core CPU, about one of them training. It
 # uses the library's public API only:
 # `rhm_jax.denoise` (training, loading, sampling) and `rhm_jax.denoise.compare` (the
 # measurements); `rhm-jax train` and `rhm-jax compare` do the same from a shell.
@@ -364,8 +364,8 @@ fig.tight_layout()
 
 
 # %% [markdown]
-# How to read it: the trained network's KL is about a hundred times smaller than the
-# untrained network's at every noise level, and its top-1 choice is BP's almost
+# How to read it: the trained network's KL is fifty to several hundred times smaller than
+# the untrained network's at every noise level, and its top-1 choice is BP's almost
 # everywhere (the untrained network's on 20–40% of the masked tokens). The KL is smallest
 # at the ends: at small `t` a masked token's neighbours are mostly visible and pin it
 # down, and at `t = 1` nothing is visible and the answer is each token's prior marginal.
@@ -462,17 +462,17 @@ fig.tight_layout()
 
 # %% [markdown]
 # How to read it: at this depth every level decays smoothly from 1 towards chance as more
-# tokens are masked, the class fastest and the tokens slowest — no sharp transition. The
-# trained network's curves lie on BP's at every level: the class falls at the same noise,
-# the tokens fade at the same rate, so the network's reverse diffusion keeps as much of
-# each level of the tree as exact denoising does. The differences scatter
-# around zero within about two standard errors; the largest, for the class at high noise,
-# are where the network keeps slightly less than BP (the differences of different levels
-# are correlated: they come from the same reconstructions). Only the network differs between
-# the curves: with exact marginals the one-token sampler is itself an exact posterior
-# draw. BP's curve is its marginal estimator (the posterior probability of the true
-# symbol, averaged over data): the same expectation as counting kept symbols in
-# posterior samples, with less variance.
+# tokens are masked — the class fastest, the other levels close together — with no sharp
+# transition. The trained network's curves lie on BP's at every level: the class falls at
+# the same noise, the tokens fade at the same rate, so the network's reverse diffusion keeps
+# as much of each level of the tree as exact denoising does. The differences scatter around
+# zero within about two standard errors; the largest, for the class at high noise, are where
+# the network keeps slightly less than BP (the differences of different levels are
+# correlated: they come from the same reconstructions). Only the network differs between the
+# curves: with exact marginals the one-token sampler is itself an exact posterior draw. BP's
+# curve is its marginal estimator (the posterior probability of the true symbol, averaged
+# over data): the same expectation as counting kept symbols in posterior samples, with less
+# variance.
 #
 # The assertions: at `t = 1` nothing is visible and BP keeps the class only by chance,
 # `P_0 = 1/v` within four standard errors; and at every noise level and every level of the
