@@ -572,5 +572,5 @@ print(f"notebook ran in {time.time() - start:.0f} s")
 #   reconstruction changes the class while keeping many tokens.
 # * The same holds for masking, uniform substitution and Gaussian noise.
 # * `rhm-jax phase` runs this experiment from the shell and writes tidy results
-#   (`results.jsonl`), the finite-size analysis and figures; `--grammars K` averages over
+#   (`results.jsonl`), the finite-size analysis and figures; `--n-grammars K` averages over
 #   grammars, `--devices N` splits the work over N CPU devices.

@@ -121,7 +121,7 @@ print(f"rhm_jax {rhm_jax.__version__}, jax {jax.__version__}; JAX sees {jax.devi
 # at the time the forward process would have masked it — `d` calls, and an exact posterior
 # draw when the marginals are exact; an integer `K` instead runs `K` steps on a uniform
 # time grid, each drawing the tokens it reveals independently of each other.
-# The full-size values are those of the repository's README. Losses and KL divergences are
+# The full-size values are those of the documentation's results pages. Losses and KL divergences are
 # in bits (per token, or per masked token) throughout.
 #
 # `SMOKE` (on under CI, or with `FORCE_SMOKE`) trains a smaller network (width 32, no MLP
@@ -585,4 +585,4 @@ print(f"notebook ran in {time.time() - start:.0f} s")
 #   `compare.agreement(..., train_tokens=...)` then also measures it against the exact
 #   posterior of the training set, and `compare.sample_stats(..., train_tokens)` counts
 #   generated copies. `rhm-jax compare RUN_DIR ...` runs every measure on training runs and
-#   tabulates them against `P`; the README shows such a sweep.
+#   tabulates them against `P`; the documentation's comparison results show such a sweep.

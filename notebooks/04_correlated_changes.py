@@ -553,7 +553,7 @@ print(f"notebook ran in {time.time() - start:.0f} s")
 #   susceptibility `χ`, peaks at the class transition and the peak grows with depth —
 #   for the ε-process and for masking alike.
 # * A Gaussian random field, correlated but not hierarchical, has no such peak.
-# * `rhm-jax chi --L 5,7,9 --processes epsilon,masking` runs the measurement from a shell
+# * `rhm-jax chi --L 5,7,9 --process epsilon,masking` runs the measurement from a shell
 #   (noise grids from pilot runs, results as JSONL, figures, `ν` two ways).
 # * `change_correlations(..., denoiser=fn, denoiser_params=params)` measures a trained
 #   network's reconstructions the same way (`rhm_jax.denoise.experiment_denoiser`, see
