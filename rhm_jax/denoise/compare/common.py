@@ -56,13 +56,50 @@ def _as_times(times) -> np.ndarray:
 
 
 def snap_times(objective, times) -> np.ndarray:
-    """Times on the objective's training grid: ``k/T`` (``k >= 1``) for the discrete-time
-    losses (D3PM, Gaussian), which never see other times; unchanged for masking."""
-    times = _as_times(times)
+    """Times on the objective's training grid, each at most once.
+
+    The discrete-time losses (D3PM, Gaussian) never see other times than ``k/T``
+    (``k >= 1``): their times are snapped to that grid; masking's are kept as given.
+
+    Args:
+      objective: the loss (its ``num_steps`` is ``T``; masking has none).
+      times: ``(n,)`` times in ``(0, 1]``.
+
+    Returns:
+      ``(n,)`` float64 times, in the given order.
+
+    Raises:
+      ValueError: a time out of ``(0, 1]``, or two times that are (or snap to) the same
+        time — each would write the same rows twice.
+
+    Examples:
+      >>> from rhm_jax import RHMConfig
+      >>> from rhm_jax.denoise import make_objective
+      >>> d3pm = make_objective("d3pm", RHMConfig(v=4, m=2, s=2, L=3))  # T = 200
+      >>> snap_times(d3pm, [1e-9, 0.5]).tolist()
+      [0.005, 0.5]
+      >>> snap_times(d3pm, [1e-9, 1e-3])  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      ...
+      ValueError: times = [1e-09, 0.001] hold t = 0.005 more than once ... -> 0.005; ...
+    """
+    given = _as_times(times)
     T = getattr(objective, "num_steps", None)
-    if T is None:
-        return times
-    return np.maximum(np.round(times * T), 1) / T
+    snapped = given if T is None else np.maximum(np.round(given * T), 1) / T
+    values, counts = np.unique(snapped, return_counts=True)
+    if np.any(counts > 1):
+        listed = ", ".join(f"{t:g}" for t in given)
+        if T is None:
+            repeated = ", ".join(f"{t:g}" for t in values[counts > 1])
+            raise ValueError(f"times = [{listed}] hold t = {repeated} more than once; give "
+                             "each time once")
+        groups = "; ".join(", ".join(f"{t:g}" for t in given[snapped == value])
+                           + f" -> {value:g}" for value in values[counts > 1])
+        repeated = ", ".join(f"{t:g}" for t in values[counts > 1])
+        raise ValueError(f"times = [{listed}] hold t = {repeated} more than once on the "
+                         f"training grid k/T (T = {T}): {groups}; give times at least 1/T "
+                         "apart")
+    return snapped
 
 
 def default_num_steps(objective, d: int) -> int | None:

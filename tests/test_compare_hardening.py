@@ -1,0 +1,75 @@
+"""The comparison refuses times that coincide on the training grid (it would write the
+same rows twice)."""
+
+import jax
+import numpy as np
+import pytest
+
+from rhm_jax import RHMConfig, sample_data, sample_grammar
+from rhm_jax.denoise import ModelConfig, TrainConfig, make_objective, train
+from rhm_jax.denoise import compare
+
+CFG = RHMConfig(v=4, m=2, s=2, L=3)
+TEST_SIZE = 16
+MEASURES = ("agreement", "compare_losses", "network_samples", "bp_chain_samples",
+            "forward_backward_pair", "representation_similarity")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A tiny masking run without EMA, its test set TEST_SIZE data."""
+    path = tmp_path_factory.mktemp("runs") / "masking"
+    config = TrainConfig(v=4, m=2, s=2, L=3, loss="masked_elbo",
+                         model=ModelConfig("unet", width=8), batch_size=8, steps=10,
+                         warmup_steps=2, test_size=TEST_SIZE, steps_per_call=10,
+                         log_every=10, eval_every=10, checkpoint_every=10, eval_repeats=1)
+    train(config, path, progress=False, plot=False)
+    return path
+
+
+@pytest.fixture
+def no_measures(monkeypatch):
+    """Every measure of compare_run fails the test: a refusal must come before any work."""
+    from rhm_jax.denoise.compare import run as run_module
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a measure ran before the refusal")
+
+    for name in MEASURES:
+        monkeypatch.setattr(run_module, name, fail)
+
+
+def _one_line(info) -> str:
+    message = str(info.value)
+    assert "\n" not in message, message
+    return message
+
+
+@pytest.mark.parametrize("loss", ["d3pm", "gaussian_x0", "gaussian_eps"])
+def test_times_that_snap_to_one_grid_time_are_refused(loss):
+    objective = make_objective(loss, CFG)
+    step = 1.0 / objective.num_steps
+    with pytest.raises(ValueError, match=r"times") as info:
+        compare.snap_times(objective, [1e-9, 1e-3, 0.5])
+    message = _one_line(info)
+    assert f"1e-09, 0.001 -> {step:g}" in message and f"T = {objective.num_steps}" in message
+    np.testing.assert_allclose(compare.snap_times(objective, [1e-9, 0.5]), [step, 0.5])
+
+
+def test_agreement_refuses_duplicate_times_before_any_work():
+    grammar = sample_grammar(jax.random.key(0), CFG)
+    objective = make_objective("d3pm", CFG)
+    x0 = sample_data(jax.random.key(1), grammar, 4).tokens
+
+    def predict(params, x_t, t):
+        raise AssertionError("the predictor ran before the refusal")
+
+    with pytest.raises(ValueError, match=r"0\.001, 1e-09 -> 0\.005"):
+        compare.agreement(jax.random.key(2), predict, None, objective, grammar, x0,
+                          [0.5, 1e-3, 1e-9])
+
+
+def test_duplicate_times_of_a_masking_run_are_refused(run_dir, no_measures):
+    with pytest.raises(ValueError, match=r"0\.5 more than once") as info:
+        compare.compare_run(run_dir, times=[0.25, 0.5, 0.5])
+    _one_line(info)
