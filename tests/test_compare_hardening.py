@@ -1,5 +1,6 @@
-"""The comparison refuses times that coincide on the training grid (it would write the
-same rows twice)."""
+"""The comparison refuses, or corrects with a warning, inputs it would otherwise misreport:
+EMA asked of a run without it, more held-out data than the run's test set, times that
+coincide on the training grid."""
 
 import jax
 import numpy as np
@@ -43,6 +44,26 @@ def _one_line(info) -> str:
     message = str(info.value)
     assert "\n" not in message, message
     return message
+
+
+def test_ema_on_a_run_without_ema_is_refused(run_dir, no_measures):
+    with pytest.raises(ValueError, match=r"ema = True") as info:
+        compare.compare_run(run_dir, ema=True)
+    message = _one_line(info)
+    assert str(run_dir) in message and "no EMA" in message and "ema_decay = 0.0" in message
+
+
+def test_n_data_beyond_the_test_set_is_clamped_with_a_warning_and_recorded(run_dir):
+    expected = rf"n_data = 100000 .*\({TEST_SIZE} held-out data\): using {TEST_SIZE}"
+    with pytest.warns(UserWarning, match=expected):
+        result = compare.compare_run(run_dir, n_data=100000, times=[0.5], n_samples=4,
+                                     fb_data=4, num_steps=4, bp_chain=False, chunk_size=16)
+    assert result.n_data == TEST_SIZE and result.fb_data == 4 and result.ema is False
+    assert result.agreement.n_data == TEST_SIZE and result.representation.n_data == TEST_SIZE
+    rows = result.rows()
+    assert {r["n_data"] for r in rows if r["measure"] in ("agreement", "representation")} \
+        == {TEST_SIZE}
+    assert {r["ema"] for r in rows} == {False}
 
 
 @pytest.mark.parametrize("loss", ["d3pm", "gaussian_x0", "gaussian_eps"])

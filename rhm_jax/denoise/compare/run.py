@@ -10,6 +10,7 @@ of ``v·m**(L+1)`` (:func:`P_unit`).
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -50,6 +51,8 @@ class RunComparison(NamedTuple):
     network_fb: Any  # ForwardBackwardResult
     bp_fb: Any
     representation: Representation
+    n_data: int  # held-out data used (agreement, losses, representations)
+    fb_data: int  # data per time of the forward–backward experiment
 
     def summary(self) -> dict:
         """One row: each measure reduced to a number (the sweep table's row)."""
@@ -186,24 +189,48 @@ def compare_run(run_dir, *, key=None, times=None, n_data: int = 256, n_samples: 
       key: PRNG key (default ``jax.random.key(0)``); every measure gets its own fold.
       times: ``(T,)`` times in ``(0, 1]`` (default ``0.1, 0.2, ..., 1.0``), snapped to the
         objective's grid.
-      n_data: held-out data (the run's test set, at most its ``test_size``).
+      n_data: held-out data, from the run's test set: more than its ``test_size`` is
+        reduced to ``test_size`` with a warning (:attr:`RunComparison.n_data` records the
+        number used).
       n_samples: sequences generated from pure noise (network, BP chain, exact BP).
       num_steps: reverse steps (default :func:`default_num_steps`: for masking, one token
         at a time).
       repeats: noise draws per held-out datum (agreement and losses).
-      ema: use the EMA parameters (when the run has them).
-      fb_data: data per time of the forward–backward experiment (default ``n_data``).
+      ema: use the EMA parameters (a run trained without them is refused).
+      fb_data: data per time of the forward–backward experiment, fresh from the grammar
+        (default: ``n_data`` as given).
       chunk_size: data per compiled call.
       bp_chain: also generate with BP in the network's sampler (the sampler's own floor).
       mesh: device mesh for the forward–backward experiment.
       progress: show progress.
+
+    Returns:
+      :class:`RunComparison`, with the values used (``n_data``, ``fb_data``, ``ema``,
+      ``num_steps``, the snapped times in its measures).
+
+    Raises:
+      ValueError: before any measure, when ``ema`` is asked of a run without EMA
+        parameters, or two times coincide on the training grid (:func:`snap_times`).
     """
     from rhm_jax.denoise.train import datasets, load_run
     from rhm_jax.sampling import sample_data
 
     key = jax.random.key(0) if key is None else check_key("key", key)
+    n_data = check_int("n_data", n_data, 1)
+    n_samples = check_int("n_samples", n_samples, 1)
+    fb_data = n_data if fb_data is None else check_int("fb_data", fb_data, 1)
     run = load_run(run_dir)
     config = run.config
+    if ema and run.ema_model is None:
+        raise ValueError(f"ema = {ema!r}, but run_dir = {str(run_dir)!r} has no EMA parameters "
+                         f"(trained with ema_decay = {config.ema_decay}): compare its "
+                         "parameters with ema = False")
+    ema = bool(ema)
+    if n_data > config.test_size:
+        warnings.warn(f"n_data = {n_data} exceeds the test set of run_dir = "
+                      f"{str(run_dir)!r} ({config.test_size} held-out data): using "
+                      f"{config.test_size}", UserWarning, stacklevel=2)
+        n_data = config.test_size
     cfg = config.rhm_config
     objective = run.objective
     denoiser = Denoiser.from_run(run, ema=ema)
@@ -211,9 +238,6 @@ def compare_run(run_dir, *, key=None, times=None, n_data: int = 256, n_samples: 
                        if times is None else times)
     num_steps = default_num_steps(objective, cfg.d) if num_steps is None else \
         check_num_steps(objective.process, num_steps)
-    n_data = check_int("n_data", n_data, 1)
-    n_samples = check_int("n_samples", n_samples, 1)
-    fb_data = n_data if fb_data is None else check_int("fb_data", fb_data, 1)
     train_tokens, test_tokens = datasets(config, run.grammar)
     train_np = None if train_tokens is None else np.asarray(train_tokens)
     x0 = np.asarray(test_tokens)[:n_data]
@@ -259,9 +283,8 @@ def compare_run(run_dir, *, key=None, times=None, n_data: int = 256, n_samples: 
     done()
     if bar is not None:
         bar.close()
-    return RunComparison(str(run_dir), config, run.step, num_steps,
-                         bool(ema and run.ema_model is not None), agree, losses, samples,
-                         network_fb, bp_fb, representation)
+    return RunComparison(str(run_dir), config, run.step, num_steps, ema, agree, losses,
+                         samples, network_fb, bp_fb, representation, len(x0), fb_data)
 
 
 def sweep_table(results) -> list[dict]:
