@@ -1,6 +1,10 @@
 """The comparison refuses, or corrects with a warning, inputs it would otherwise misreport:
 EMA asked of a run without it, more held-out data than the run's test set, times that
-coincide on the training grid."""
+coincide on the training grid, a config.json that disagrees with the checkpoint."""
+
+import json
+import os
+import shutil
 
 import jax
 import numpy as np
@@ -94,3 +98,50 @@ def test_duplicate_times_of_a_masking_run_are_refused(run_dir, no_measures):
     with pytest.raises(ValueError, match=r"0\.5 more than once") as info:
         compare.compare_run(run_dir, times=[0.25, 0.5, 0.5])
     _one_line(info)
+
+
+def _edited_copy(run_dir, path, **changes):
+    shutil.copytree(run_dir, path)
+    config = json.loads((path / "config.json").read_text())
+    for name, value in changes.items():
+        if "__" in name:
+            outer, inner = name.split("__")
+            config[outer][inner] = value
+        else:
+            config[name] = value
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+def test_config_json_that_disagrees_with_the_checkpoint_is_refused(run_dir, tmp_path,
+                                                                   no_measures):
+    edited = _edited_copy(run_dir, tmp_path / "edited", loss="d3pm", model__width=16)
+    with pytest.raises(ValueError, match=r"config\.json") as info:
+        compare.compare_run(edited)
+    message = _one_line(info)
+    assert "loss ('d3pm' in config.json, 'masked_elbo' in the checkpoint)" in message
+    assert "model.width (16 in config.json, 8 in the checkpoint)" in message
+    assert "test_size" not in message  # only the differing fields are named
+
+
+def test_config_json_that_is_no_training_configuration_is_refused(run_dir, tmp_path,
+                                                                  no_measures):
+    edited = _edited_copy(run_dir, tmp_path / "edited", loss="nonsense")
+    with pytest.raises(ValueError, match=r"config\.json is not a valid training") as info:
+        compare.compare_run(edited)
+    _one_line(info)
+
+
+def test_compare_cli_refuses_a_config_json_edited_to_another_loss(run_dir, tmp_path, capsys):
+    """The command line's own default number of steps comes from config.json: the
+    refusal keeps it from choosing D3PM's grid sampler for a masking checkpoint."""
+    from rhm_jax.cli import main
+
+    edited = _edited_copy(run_dir, tmp_path / "edited", loss="d3pm")
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as info:
+        main(["compare", str(edited), "--quick", "--no-progress", "--out", str(out)])
+    assert info.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "loss ('d3pm' in config.json, 'masked_elbo'" in lines[0], lines
+    assert not out.exists() or not os.listdir(out)

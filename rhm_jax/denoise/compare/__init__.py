@@ -46,7 +46,8 @@ from rhm_jax.denoise.compare.generation import (SampleStats, bp_chain_samples, c
                                                 network_samples, sample_stats)
 from rhm_jax.denoise.compare.representation import (Representation, layer_activations,
                                                     representation_similarity)
-from rhm_jax.denoise.compare.run import P_unit, RunComparison, compare_run, sweep_table
+from rhm_jax.denoise.compare.run import (P_unit, RunComparison, check_config_json,
+                                         compare_run, sweep_table)
 
 __all__ = ["Agreement", "LossComparison", "SampleStats", "Representation", "RunComparison",
            "TIE_TOLERANCE", "CLEAR_MARGIN", "EPS_MEAN_FLOOR", "network_predictor",
@@ -54,4 +55,4 @@ __all__ = ["Agreement", "LossComparison", "SampleStats", "Representation", "RunC
            "compare_losses", "copy_flags", "copy_fraction", "sample_stats", "network_samples",
            "bp_chain_samples", "forward_backward_pair", "layer_activations",
            "representation_similarity", "default_num_steps", "sampler_name", "snap_times",
-           "P_unit", "compare_run", "sweep_table"]
+           "P_unit", "check_config_json", "compare_run", "sweep_table"]

@@ -9,6 +9,7 @@ of ``v·m**(L+1)`` (:func:`P_unit`).
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from pathlib import Path
@@ -29,7 +30,7 @@ from rhm_jax.grammar import with_inverse_tables
 from rhm_jax.stats import json_float, nan_mean
 from rhm_jax.validation import check_int, check_key
 
-__all__ = ["P_unit", "RunComparison", "compare_run", "sweep_table"]
+__all__ = ["P_unit", "RunComparison", "check_config_json", "compare_run", "sweep_table"]
 
 
 def P_unit(config) -> int:
@@ -173,6 +174,58 @@ def _run_columns(result: RunComparison) -> dict:
             "ema": result.ema}
 
 
+def _flat(config: dict, prefix: str = "") -> dict:
+    """``{"model": {"width": 8}}`` -> ``{"model.width": 8}``."""
+    out = {}
+    for name, value in config.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{name}."))
+        else:
+            out[f"{prefix}{name}"] = value
+    return out
+
+
+def check_config_json(run_dir, config) -> None:
+    """Refuses a run whose ``config.json`` disagrees with its checkpoint's configuration.
+
+    A comparison uses the configuration stored in the checkpoint (what was trained);
+    ``config.json`` beside it is what people and the command line read. When the two
+    disagree (an edited file, a folder put together by hand) no result can say which run
+    it describes, so it is refused. Both are read through
+    :meth:`~rhm_jax.denoise.train.TrainConfig.from_dict`, so defaults filled in for an
+    older file are no disagreement. A folder without ``config.json`` passes.
+
+    Args:
+      run_dir: the run folder.
+      config: the checkpoint's :class:`~rhm_jax.denoise.train.TrainConfig`
+        (``load_run(run_dir).config``).
+
+    Raises:
+      ValueError: one line naming each differing field with both values, or saying that
+        ``config.json`` is no valid training configuration.
+    """
+    from rhm_jax.denoise.train import TrainConfig
+
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        return
+    try:
+        written = TrainConfig.from_dict(json.loads(path.read_text()))
+    except (ValueError, TypeError) as err:  # JSONDecodeError is a ValueError
+        raise ValueError(f"run_dir = {str(run_dir)!r}: its config.json is not a valid training "
+                         f"configuration ({err}); the checkpoint's configuration is the one "
+                         "trained") from None
+    ours, stored = (_flat(json.loads(json.dumps(c.to_dict()))) for c in (written, config))
+    differ = sorted(name for name in ours.keys() | stored.keys()
+                    if ours.get(name) != stored.get(name))
+    if differ:
+        fields = ", ".join(f"{name} ({ours.get(name)!r} in config.json, "
+                           f"{stored.get(name)!r} in the checkpoint)" for name in differ)
+        raise ValueError(f"run_dir = {str(run_dir)!r}: config.json disagrees with the "
+                         f"configuration stored in the checkpoint on {fields}: restore "
+                         "config.json to the checkpoint's configuration before comparing")
+
+
 def _stage(bar, text):
     if bar is not None:
         bar.set_postfix_str(text)
@@ -209,8 +262,10 @@ def compare_run(run_dir, *, key=None, times=None, n_data: int = 256, n_samples: 
       ``num_steps``, the snapped times in its measures).
 
     Raises:
-      ValueError: before any measure, when ``ema`` is asked of a run without EMA
-        parameters, or two times coincide on the training grid (:func:`snap_times`).
+      ValueError: before any measure, when the run's ``config.json`` disagrees with the
+        configuration stored in its checkpoint (:func:`check_config_json`; the comparison
+        uses the checkpoint's), ``ema`` is asked of a run without EMA parameters, or two
+        times coincide on the training grid (:func:`snap_times`).
     """
     from rhm_jax.denoise.train import datasets, load_run
     from rhm_jax.sampling import sample_data
@@ -220,7 +275,8 @@ def compare_run(run_dir, *, key=None, times=None, n_data: int = 256, n_samples: 
     n_samples = check_int("n_samples", n_samples, 1)
     fb_data = n_data if fb_data is None else check_int("fb_data", fb_data, 1)
     run = load_run(run_dir)
-    config = run.config
+    config = run.config  # the checkpoint's own: config.json only has to agree with it
+    check_config_json(run_dir, config)
     if ema and run.ema_model is None:
         raise ValueError(f"ema = {ema!r}, but run_dir = {str(run_dir)!r} has no EMA parameters "
                          f"(trained with ema_decay = {config.ema_decay}): compare its "
