@@ -5,6 +5,7 @@ coincide on the training grid, a config.json that disagrees with the checkpoint.
 import json
 import os
 import shutil
+import warnings
 
 import jax
 import numpy as np
@@ -95,7 +96,9 @@ def test_agreement_refuses_duplicate_times_before_any_work():
 
 
 def test_duplicate_times_of_a_masking_run_are_refused(run_dir, no_measures):
-    with pytest.raises(ValueError, match=r"0\.5 more than once") as info:
+    with pytest.raises(ValueError, match=r"0\.5 more than once") as info, \
+            warnings.catch_warnings():
+        warnings.simplefilter("error")  # the default n_data fits any test set: no warning
         compare.compare_run(run_dir, times=[0.25, 0.5, 0.5])
     _one_line(info)
 

@@ -231,7 +231,8 @@ def _stage(bar, text):
         bar.set_postfix_str(text)
 
 
-def compare_run(run_dir, *, key=None, times=None, n_data: int = 256, n_samples: int = 256,
+def compare_run(run_dir, *, key=None, times=None, n_data: int | None = None,
+                n_samples: int = 256,
                 num_steps: int | None = None, repeats: int = 1, ema: bool = False,
                 fb_data: int | None = None, chunk_size: int = 256, bp_chain: bool = True,
                 mesh=None, progress: bool = False) -> RunComparison:
@@ -242,16 +243,16 @@ def compare_run(run_dir, *, key=None, times=None, n_data: int = 256, n_samples: 
       key: PRNG key (default ``jax.random.key(0)``); every measure gets its own fold.
       times: ``(T,)`` times in ``(0, 1]`` (default ``0.1, 0.2, ..., 1.0``), snapped to the
         objective's grid.
-      n_data: held-out data, from the run's test set: more than its ``test_size`` is
-        reduced to ``test_size`` with a warning (:attr:`RunComparison.n_data` records the
-        number used).
+      n_data: held-out data, from the run's test set (default 256, or the whole test set
+        when smaller): more than its ``test_size`` is reduced to ``test_size`` with a
+        warning (:attr:`RunComparison.n_data` records the number used).
       n_samples: sequences generated from pure noise (network, BP chain, exact BP).
       num_steps: reverse steps (default :func:`default_num_steps`: for masking, one token
         at a time).
       repeats: noise draws per held-out datum (agreement and losses).
       ema: use the EMA parameters (a run trained without them is refused).
       fb_data: data per time of the forward–backward experiment, fresh from the grammar
-        (default: ``n_data`` as given).
+        (default: ``n_data`` as given, 256 by default).
       chunk_size: data per compiled call.
       bp_chain: also generate with BP in the network's sampler (the sampler's own floor).
       mesh: device mesh for the forward–backward experiment.
@@ -271,9 +272,9 @@ def compare_run(run_dir, *, key=None, times=None, n_data: int = 256, n_samples: 
     from rhm_jax.sampling import sample_data
 
     key = jax.random.key(0) if key is None else check_key("key", key)
-    n_data = check_int("n_data", n_data, 1)
+    asked = 256 if n_data is None else check_int("n_data", n_data, 1)
     n_samples = check_int("n_samples", n_samples, 1)
-    fb_data = n_data if fb_data is None else check_int("fb_data", fb_data, 1)
+    fb_data = asked if fb_data is None else check_int("fb_data", fb_data, 1)
     run = load_run(run_dir)
     config = run.config  # the checkpoint's own: config.json only has to agree with it
     check_config_json(run_dir, config)
@@ -282,11 +283,11 @@ def compare_run(run_dir, *, key=None, times=None, n_data: int = 256, n_samples: 
                          f"(trained with ema_decay = {config.ema_decay}): compare its "
                          "parameters with ema = False")
     ema = bool(ema)
-    if n_data > config.test_size:
-        warnings.warn(f"n_data = {n_data} exceeds the test set of run_dir = "
+    if n_data is not None and asked > config.test_size:
+        warnings.warn(f"n_data = {asked} exceeds the test set of run_dir = "
                       f"{str(run_dir)!r} ({config.test_size} held-out data): using "
                       f"{config.test_size}", UserWarning, stacklevel=2)
-        n_data = config.test_size
+    n_data = min(asked, config.test_size)
     cfg = config.rhm_config
     objective = run.objective
     denoiser = Denoiser.from_run(run, ema=ema)
