@@ -178,11 +178,12 @@ def test_first_hit_chain_with_bp_is_an_exact_posterior_draw(grammar, all_data):
     masked ``x_t`` the data that agree with its tokens equally often (chi-square at
     p = 1e-4). The grid chain with as many steps (d) gives invalid sequences from all masks:
     the test has power."""
-    from rhm_jax.denoise.sampling import first_hit_chain
+    from rhm_jax.denoise.sampling import first_hit_chain, reverse_chain
+    from rhm_jax.grammar import with_inverse_tables
 
     objective = make_objective("masked_elbo", CFG)
     mask = objective.process.mask_token
-    predict = objective.bp_predictor(compare.with_inverse_tables(grammar))
+    predict = objective.bp_predictor(with_inverse_tables(grammar))
     n = 16 * CFG.P_max
     first_hit = jax.jit(lambda k, x, t: first_hit_chain(predict, objective, k, x, t))
     x_1 = jnp.full((n, CFG.d), mask, jnp.int32)
@@ -202,8 +203,8 @@ def test_first_hit_chain_with_bp_is_an_exact_posterior_draw(grammar, all_data):
     expected = n / len(support)
     assert np.sum((counts - expected) ** 2 / expected) < _chi2_bound(len(support) - 1)
 
-    grid = jax.jit(lambda k: compare.reverse_chain(predict, objective, k, x_1, jnp.ones(n),
-                                                   CFG.d))(jax.random.key(22))
+    grid = jax.jit(lambda k: reverse_chain(predict, objective, k, x_1, jnp.ones(n),
+                                           CFG.d))(jax.random.key(22))
     assert np.mean(_datum_index(grid, all_data) < 0) > 0.05
 
 
