@@ -115,6 +115,10 @@ def run(args) -> int:
     if len(set(os.path.realpath(r) for r in args.runs)) != len(args.runs):
         raise ValueError(f"RUN_DIR: the same run is given twice ({' '.join(args.runs)})")
     configs = [_check_run_dir(r) for r in args.runs]
+    for path, config in zip(args.runs, configs):
+        if args.ema and config.ema_decay == 0:
+            raise ValueError(f"--ema: RUN_DIR = {path!r} was trained without an EMA "
+                             "(ema_decay = 0); drop --ema for it")
     times = args.times.values if args.times else (
         QUICK["times"] if args.quick else [round(0.1 * k, 12) for k in range(1, 11)])
     if min(times) <= 0:
@@ -184,7 +188,8 @@ def _compare(args, folder, configs, times, n_data, n_samples) -> int:
                    "bp_chain": not args.no_bp_chain, "seed": args.seed,
                    "quick": bool(args.quick)},
         "runs": [{"run": str(r.run_dir), "step": r.step, "num_steps": r.num_steps,
-                  "sampler": sampler_name(r.num_steps),
+                  "sampler": sampler_name(r.num_steps), "n_data_used": r.n_data,
+                  "fb_data_used": r.fb_data, "ema_used": r.ema,
                   "train_config": r.config.to_dict()} for r in results],
         "wall_seconds": round(wall, 3), "environment": environment()})
     print(f"wrote {len(rows)} rows, {len(table)} summary rows and figures to {out}/ in "
