@@ -75,8 +75,13 @@ def rewrite_markdown(text: str) -> str:
 
 
 def _source_read(app, docname, source):
-    if docname.startswith("notebooks/") and "DESIGN" in source[0]:
+    if not docname.startswith("notebooks/"):
+        return
+    if "DESIGN" in source[0]:
         source[0] = rewrite_markdown(source[0])
+    # The notebooks link the theory as seen from notebooks/ on disk (../docs/theory/...);
+    # their pages in the site sit in docs/notebooks/, one folder closer to the theory.
+    source[0] = source[0].replace("../docs/theory/", "../theory/")
 
 
 def _process(app, what, name, obj, options, lines):
