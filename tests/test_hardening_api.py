@@ -69,3 +69,87 @@ def test_parse_of_an_empty_batch_is_empty(grammar):
     tree = parse(grammar, np.zeros((0, CFG.d), np.int32))
     assert [x.shape for x in tree.valid] == [(0, 1), (0, 2), (0, 4), (0, 8)]
     assert [x.shape for x in tree.choices] == [(0, 1), (0, 2), (0, 4)]
+
+
+# ---- 2. fits: bad input refused, a fit without meaning undetermined ---------------------------
+def test_width_exponent_of_widths_that_do_not_shrink_is_undetermined():
+    from rhm_jax.correlations import width_exponent
+
+    for widths in ([0.1, 0.1, 0.1], [0.1, 0.2, 0.3], [0.1, 0.1]):  # ν was 3.9e15, then inf
+        fit = width_exponent([3, 5, 7][:len(widths)], widths, 2)
+        assert math.isnan(fit.nu) and math.isnan(fit.nu_se), fit
+        assert "do not shrink with L" in fit.reason
+    noisy = width_exponent([3, 4, 5], [0.10, 0.12, 0.095], 2)  # ln b within 2 SE of 0
+    assert math.isnan(noisy.nu) and "within two standard errors" in noisy.reason
+    nu, nu_se = width_exponent([3, 5, 7], [0.1 * 1.5**-L for L in (3, 5, 7)], 2)  # a pair
+    assert nu == pytest.approx(math.log(2) / math.log(1.5)) and nu_se < 1e-9
+
+
+@pytest.mark.parametrize("depths, error, text", [
+    ([3, float("nan"), 7], TypeError, "depths[1] must be an integer, got float nan"),
+    ([3, 5.5, 7], TypeError, "depths[1] must be an integer, got float 5.5"),
+    ([0, 5, 7], ValueError, "depths[0] = 0 must be >= 1"),
+])
+def test_width_exponent_refuses_depths_that_are_not_depths(depths, error, text):
+    from rhm_jax.correlations import width_exponent
+
+    with pytest.raises(error) as info:
+        width_exponent(depths, [0.1, 0.05, 0.02], 2)
+    assert text in str(info.value)
+
+
+def _peaks(depths=(3, 5), b=1.5, centre=0.5):
+    """Noiseless peaks ``1 + 5 exp(-((t - centre) b**L)**2)`` sampled on 11 points each."""
+    times = [np.linspace(centre - 2 * b**-L, centre + 2 * b**-L, 11) for L in depths]
+    values = [1 + 5 * np.exp(-((t - centre) * b**L) ** 2) for t, L in zip(times, depths)]
+    return list(depths), times, values, [np.full(11, 0.1)] * len(depths), [centre] * len(depths)
+
+
+def test_collapse_of_flat_curves_is_undetermined_not_the_grid_edge():
+    from rhm_jax.correlations import collapse_exponent
+
+    depths, times, _, errors, centres = _peaks()
+    flat = [np.full(11, 2.0)] * 2  # was ν = 34.66 = ln 2 / 0.02, the grid's first point
+    fit = collapse_exponent(depths, times, flat, errors, centres, 2, n_boot=2)
+    assert math.isnan(fit.nu) and math.isnan(fit.growth) and math.isnan(fit.nu_se)
+    assert "lower end of the grid" in fit.reason
+    no_peak = collapse_exponent(depths, times, flat, errors, centres, 2, baseline=2.0, n_boot=0)
+    assert math.isnan(no_peak.nu) and "no peak above the baseline" in no_peak.reason
+    apart = collapse_exponent(depths, [times[0], times[1] + 5], _peaks()[2], errors, centres, 2,
+                              n_boot=0)
+    assert math.isnan(apart.nu) and "no two depths overlap" in apart.reason
+
+
+def test_collapse_with_its_optimum_inside_the_grid_is_a_number():
+    from rhm_jax.correlations import collapse_exponent
+
+    fit = collapse_exponent(*_peaks(), 2, baseline=1.0, n_boot=2)
+    assert fit.growth == pytest.approx(1.5, rel=0.02) and fit.reason is None
+    assert math.isfinite(fit.nu_se)
+    edge = collapse_exponent(*_peaks(), 2, baseline=1.0, log_growth=[0.1, 0.2, 0.3], n_boot=0)
+    assert math.isnan(edge.nu) and "upper end of the grid (ln b = 0.3)" in edge.reason
+
+
+@pytest.mark.parametrize("change, error, text", [
+    ({"baseline": float("nan")}, ValueError, "baseline = nan must be finite"),
+    ({"baseline": "1"}, TypeError, "baseline must be a finite number, got str '1'"),
+    ({"log_growth": [-1.0, -0.5]}, ValueError, "log_growth = [-1.0, -0.5] must be a strictly"),
+    ({"log_growth": []}, ValueError, "log_growth = [] must be a strictly increasing"),
+    ({"log_growth": [0.1, 0.3, 0.2]}, ValueError, "must be a strictly increasing"),
+    ({"n_boot": 2.5}, TypeError, "n_boot must be an integer, got float 2.5"),
+    ({"n_boot": 1}, ValueError, "n_boot = 1 must be 0 (no error bar) or >= 2"),
+    ({"n_boot": -3}, ValueError, "n_boot = -3 must be >= 0"),
+    ({"seed": -1}, ValueError, "seed = -1 must be >= 0"),
+    ({"depths": [3.5, 5]}, TypeError, "depths[0] must be an integer, got float 3.5"),
+    ({"errors": [np.full(11, -0.1)] * 2}, ValueError, "errors[0][0] = -0.1 (depth L = 3) must "
+                                                      "be >= 0"),
+])
+def test_collapse_refuses_input_that_has_no_meaning(change, error, text):
+    from rhm_jax.correlations import collapse_exponent
+
+    depths, times, values, errors, centres = _peaks()
+    args = {"depths": depths, "times": times, "values": values, "errors": errors,
+            "centres": centres, "s": 2, "n_boot": 0, **change}
+    with pytest.raises(error) as info:
+        collapse_exponent(**args)
+    assert text in str(info.value)
