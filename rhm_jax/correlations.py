@@ -1,4 +1,4 @@
-"""Correlated changes under forward–backward denoising (DESIGN.md §6).
+"""Correlated changes under forward–backward denoising (``docs/theory/correlations.md``).
 
 For a start ``x0`` and a noise level ``t``, one *trajectory* is: fresh forward noise
 ``x_t ~ q(x_t | x0)`` and one reconstruction ``x̂0`` (an exact BP posterior draw
@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rhm_jax import bp
-from rhm_jax.validation import check_bool, check_int, describe
+from rhm_jax.validation import check_bool, check_fits, check_int, check_key, describe
 from rhm_jax.experiments import (Denoiser, bp_reconstruction, check_sweep_args, call_denoiser,
                                  _observation)
 from rhm_jax.sampling import sample_data_unchecked
@@ -234,12 +234,79 @@ def _starts_chunk(keys, grammar, process, times, n_trajectories, params, mesh, d
                          out_specs=_DATA, check_vma=False)(keys, grammar, times, params)
 
 
+class CorrelationBytes(NamedTuple):
+    """Memory of a correlated-changes run: ``device`` (one compiled call) and ``host``
+    (the per-start statistics of every start), in bytes."""
+
+    device: int
+    host: int
+
+
+#: Starts and data are told apart by ``fold_in(key, i)`` with a uint32 ``i``.
+MAX_STARTS = 2**32
+
+
+def _statistics_bytes(n_starts: int, num_times: int, d: int, levels: int,
+                      with_matrix: bool) -> int:
+    """Host bytes of the per-start statistics: float32 parts, their concatenation and
+    the float64 summary, 16 bytes per value (``T·(d + levels + 3)`` values a start, plus
+    ``T·d²`` with the matrix)."""
+    per_start = num_times * (d + levels + 3) + (num_times * d * d if with_matrix else 0)
+    return 16 * n_starts * per_start
+
+
+def change_correlations_bytes(config, n_starts: int, n_trajectories: int, num_times: int, *,
+                              with_matrix: bool = False, chunk_size: int = 8,
+                              platform: str | None = None) -> CorrelationBytes:
+    """Memory :func:`change_correlations` needs, estimated before any work.
+
+    With ``R = n_trajectories · T`` rows of one start, ``N = (s**(L+1) - 1)/(s - 1)``
+    nodes and ``c = bp.default_chunk_size(config, R)`` rows per BP step:
+
+    * device: ``24·R·d`` (one start's spins, as bytes, float32 and their ``2d``-point
+      FFTs) + ``4·v·(d + 3N)·c`` (one BP step: leaf log-likelihoods, then upward
+      messages, downward messages and marginals at every node) + ``20·R`` (keys, times,
+      class beliefs of the rows) + ``4·chunk_size·T·(d + L + 3)`` (the outputs of one
+      call of ``chunk_size`` starts); with the matrix ``8·T·d²`` a start and
+      ``4·chunk_size·T·d²`` more;
+    * host: ``16·n_starts·T·(d + L + 3)`` (``+ T·d²`` a start with the matrix), see
+      :func:`_statistics_bytes`.
+
+    Examples:
+      >>> from rhm_jax import RHMConfig
+      >>> change_correlations_bytes(RHMConfig(v=8, m=2, s=2, L=3), 4, 8, 2, platform="cpu")
+      CorrelationBytes(device=31424, host=1792)
+    """
+    from rhm_jax import bp
+
+    d, rows = config.d, n_trajectories * num_times
+    nodes = (config.s ** (config.L + 1) - 1) // (config.s - 1)
+    chunk_rows = bp.default_chunk_size(config, rows, platform=platform)
+    device = (24 * rows * d + 4 * config.v * (d + 3 * nodes) * chunk_rows + 20 * rows
+              + 4 * chunk_size * num_times * (d + config.L + 3))
+    if with_matrix:
+        device += 8 * num_times * d * d + 4 * chunk_size * num_times * d * d
+    return CorrelationBytes(
+        int(device), _statistics_bytes(n_starts, num_times, d, config.L, with_matrix))
+
+
+def _levels(num_times: int) -> str:
+    return f"{num_times} noise level" + ("" if num_times == 1 else "s")
+
+
+def _check_correlation_bytes(what: str, estimate: CorrelationBytes, advice: str) -> None:
+    """Refuse a run whose call or whose statistics cannot fit (device, then host)."""
+    check_fits(f"{what}: one compiled call", estimate.device, advice=advice)
+    check_fits(f"{what}: the statistics of every start", estimate.host, host=True,
+               advice=advice)
+
+
 def change_correlations(key: jax.Array, grammar, process, times, n_starts: int,
                         n_trajectories: int, *, denoiser: Denoiser | None = None,
                         denoiser_params: Any = None, chunk_size: int | None = None,
                         with_matrix: bool = False, mesh: jax.sharding.Mesh | None = None,
                         progress: bool = False) -> ChangeCorrelations:
-    """Correlated changes ``C_ij``, ``C(r)``, ``χ(t)`` and ``ξ(t)`` (DESIGN.md §6).
+    """Correlated changes ``C_ij``, ``C(r)``, ``χ(t)`` and ``ξ(t)`` (``docs/theory/correlations.md``).
 
     Args:
       key: PRNG key; start ``i`` uses ``fold_in(key, i)`` (its data, and trajectory ``j``'s
@@ -248,8 +315,10 @@ def change_correlations(key: jax.Array, grammar, process, times, n_starts: int,
       grammar: one grammar (not a stack).
       process: a noise process of :mod:`rhm_jax.noise` for ``grammar.config``.
       times: ``(T,)`` noise levels in ``[0, 1]``.
-      n_starts: number of starts ``x0`` (the error bars are over starts).
-      n_trajectories: trajectories per start (independent forward noise and draw each).
+      n_starts: number of starts ``x0``, in ``[2, 2**32]`` (the error bars are over
+        starts: one start has none).
+      n_trajectories: trajectories per start (independent forward noise and draw each),
+        at least 2.
       denoiser, denoiser_params: as in :func:`rhm_jax.experiments.forward_backward`
         (default exact BP).
       chunk_size: starts per compiled call (default one per device, at least 8).
@@ -257,6 +326,10 @@ def change_correlations(key: jax.Array, grammar, process, times, n_starts: int,
         ``d`` only — checks and tests).
       mesh: device mesh with a ``"data"`` axis (default: all devices).
       progress: progress bar over chunks of starts.
+
+    A run that cannot fit in memory (:func:`change_correlations_bytes`: one start's
+    ``n_trajectories · T · d`` spins and a BP step on the device, ``n_starts · T · d``
+    statistics on the host) is refused before any work, with its size.
 
     Returns:
       :class:`ChangeCorrelations`.
@@ -270,7 +343,7 @@ def change_correlations(key: jax.Array, grammar, process, times, n_starts: int,
       >>> res.chi.shape, float(res.changed[0]), res.tree_distance.shape
       ((2,), 0.0, (2, 4))
     """
-    n_starts = check_int("n_starts", n_starts, minimum=1)
+    n_starts = check_int("n_starts", n_starts, minimum=2, maximum=MAX_STARTS)
     key, times, n_starts, chunk_size, _ = check_sweep_args(
         key, grammar, process, times, n_starts, chunk_size, 1, denoiser, denoiser_params)
     n_trajectories = check_int("n_trajectories", n_trajectories, minimum=2)
@@ -282,6 +355,13 @@ def change_correlations(key: jax.Array, grammar, process, times, n_starts: int,
     num_devices = mesh.devices.size
     chunk_size = pad_to_multiple(min(chunk_size or max(8, num_devices),
                                      pad_to_multiple(n_starts, num_devices)), num_devices)
+    cfg = grammar.config
+    _check_correlation_bytes(
+        f"change_correlations(n_starts={n_starts}, n_trajectories={n_trajectories}) with "
+        f"{_levels(len(times))} at d = {cfg.s}**{cfg.L}",
+        change_correlations_bytes(cfg, n_starts, n_trajectories, len(times),
+                                  with_matrix=with_matrix, chunk_size=chunk_size // num_devices),
+        advice="lower n_trajectories, the number of noise levels, n_starts or L")
     times_arr = jnp.asarray(times, jnp.zeros(()).dtype)
     sharding = batch_sharding(mesh)
     if denoiser_params is not None:
@@ -664,17 +744,45 @@ def _grf_start(key, d, exponent, times, n_trajectories):
     return {"changed": stats.changed, "tree": stats.tree, "position": stats.position}
 
 
+def grf_change_correlations_bytes(d: int, n_starts: int, n_trajectories: int,
+                                  num_times: int) -> CorrelationBytes:
+    """Memory :func:`grf_change_correlations` needs, estimated before any work.
+
+    Every start, trajectory and noise level is computed at once (``vmap``), so the device
+    holds ``40·n_starts·n_trajectories·T·d`` bytes: per site the noisy field, the
+    posterior mean, noise and draw (float32), their half-length complex spectra and the
+    spins with their ``2d``-point FFT. The host holds ``16·n_starts·T·(d + log2 d + 3)``
+    (:func:`_statistics_bytes`).
+
+    Examples:
+      >>> grf_change_correlations_bytes(128, 24, 24, 3)
+      CorrelationBytes(device=8847360, host=158976)
+    """
+    levels = max(d.bit_length() - 1, 0)
+    return CorrelationBytes(40 * n_starts * n_trajectories * num_times * d,
+                            _statistics_bytes(n_starts, num_times, d, levels, False))
+
+
+#: Largest ``d`` of the Gaussian-field control: positions are int32, and ``d`` a power of 2.
+GRF_MAX_D = 2**30
+
+
 def grf_change_correlations(key: jax.Array, d: int, exponent: float, times, n_starts: int,
                             n_trajectories: int) -> ChangeCorrelations:
-    """The control without hierarchy (DESIGN.md §6): a periodic 1-D Gaussian random field.
+    """The control without hierarchy (``docs/theory/correlations.md``): a periodic 1-D
+    Gaussian random field.
 
     ``x0`` has power spectrum ``P_k ∝ k**(-exponent)`` (``P_0 = 0``, unit variance per
     site); Gaussian diffusion ``x_t = sqrt(ᾱ) x0 + sqrt(1 - ᾱ) η`` with ``ᾱ = 1 - t``; the
     exact posterior ``p(x0 | x_t)`` is Gaussian and diagonal in Fourier space, sampled
     mode by mode. Spins are sign changes ``σ_i = [sign(x̂0_i) ≠ sign(x0_i)]``. Trajectories
     follow the RHM convention (own forward noise and draw each, shared across levels).
-    ``d`` must be a power of 2 (the tree sums use ``s = 2`` blocks, for comparison only).
+    ``d`` must be a power of 2 up to ``2**30`` (the tree sums use ``s = 2`` blocks, for
+    comparison only). ``key`` is a PRNG key (typed or legacy), ``n_starts`` and
+    ``n_trajectories`` at least 2. A run that cannot fit in memory
+    (:func:`grf_change_correlations_bytes`) is refused before any work, with its size.
     """
+    key = check_key("key", key)
     d = check_int("d", d, minimum=2)
     if d & (d - 1):
         raise ValueError(f"d = {d} must be a power of 2")
@@ -687,6 +795,13 @@ def grf_change_correlations(key: jax.Array, d: int, exponent: float, times, n_st
     exponent = float(exponent)
     if not math.isfinite(exponent) or exponent < 0:
         raise ValueError(f"exponent = {exponent} must be a finite number >= 0")
+    _check_correlation_bytes(
+        f"grf_change_correlations(d={d}, n_starts={n_starts}, "
+        f"n_trajectories={n_trajectories}) with {_levels(times.size)}",
+        grf_change_correlations_bytes(d, n_starts, n_trajectories, times.size),
+        advice="lower d, n_starts, n_trajectories or the number of noise levels")
+    if d > GRF_MAX_D:
+        raise ValueError(f"d = {d} must be <= 2**30 (token positions are int32)")
     keys = jax.random.split(key, n_starts)
     run = jax.vmap(_grf_start, in_axes=(0, None, None, None, None))
     stats = jax.tree.map(np.asarray, run(keys, d, exponent, jnp.asarray(times, jnp.float32),

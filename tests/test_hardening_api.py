@@ -153,3 +153,55 @@ def test_collapse_refuses_input_that_has_no_meaning(change, error, text):
     with pytest.raises(error) as info:
         collapse_exponent(**args)
     assert text in str(info.value)
+
+
+# ---- 3. correlated changes: one start, keys, sizes that cannot fit ----------------------------
+def test_change_correlations_refuses_one_start_like_the_gaussian_field(grammar):
+    from rhm_jax.correlations import change_correlations, grf_change_correlations
+
+    with pytest.raises(ValueError, match=r"n_starts = 1 must be in \[2, "):  # was chi = [nan]
+        change_correlations(jax.random.key(0), grammar, Masking(CFG), [0.5], 1, 4)
+    with pytest.raises(ValueError, match=r"n_starts = 1 must be >= 2"):
+        grf_change_correlations(jax.random.key(0), 16, 1.0, [0.5], 1, 4)
+
+
+@pytest.mark.parametrize("key", [0, np.zeros(3, np.uint32), "seed"])
+def test_grf_change_correlations_refuses_a_non_key(key):
+    from rhm_jax.correlations import grf_change_correlations
+
+    with pytest.raises(TypeError, match="key must be a PRNG key from jax.random.key"):
+        grf_change_correlations(key, 16, 1.0, [0.5], 2, 2)
+
+
+def test_gaussian_field_that_cannot_fit_is_refused_with_its_size():
+    from rhm_jax.correlations import grf_change_correlations
+
+    with pytest.raises(ValueError) as info:  # was an OverflowError from inside JAX
+        grf_change_correlations(jax.random.key(0), 2**40, 1.0, [0.5], 2, 2)
+    # 40 bytes x 2 starts x 2 trajectories x 1 level x 2**40 sites
+    assert ("grf_change_correlations(d=1099511627776, n_starts=2, n_trajectories=2) with 1 "
+            "noise level: one compiled call would allocate about 175.9 TB") in str(info.value)
+
+
+def test_change_correlations_that_cannot_fit_is_refused_with_its_size(grammar, tiny_memory):
+    from rhm_jax.correlations import (change_correlations, change_correlations_bytes,
+                                      grf_change_correlations)
+
+    want = change_correlations_bytes(CFG, 4, 8, 2, chunk_size=8)
+    assert want.device > 1000
+    with pytest.raises(ValueError) as info:
+        change_correlations(jax.random.key(0), grammar, Masking(CFG), [0.2, 0.5], 4, 8)
+    assert "change_correlations(n_starts=4, n_trajectories=8) with 2 noise levels at d = 2**3:" \
+        " one compiled call would allocate about" in str(info.value)
+    assert "more than a 1 kB test device: lower n_trajectories" in str(info.value)
+    with pytest.raises(ValueError, match="grf_change_correlations.*would allocate about"):
+        grf_change_correlations(jax.random.key(0), 16, 1.0, [0.5], 2, 2)
+
+
+def test_change_correlations_of_enormous_size_is_refused_on_any_machine(grammar):
+    from rhm_jax.correlations import change_correlations
+
+    with pytest.raises(ValueError, match=r"the statistics of every start would allocate about "
+                                         r"\d+\.\d [TPE]B"):
+        change_correlations(jax.random.key(0), grammar, Masking(CFG), np.linspace(0, 1, 1000),
+                            2**32, 2)
