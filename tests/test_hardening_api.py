@@ -205,3 +205,73 @@ def test_change_correlations_of_enormous_size_is_refused_on_any_machine(grammar)
                                          r"\d+\.\d [TPE]B"):
         change_correlations(jax.random.key(0), grammar, Masking(CFG), np.linspace(0, 1, 1000),
                             2**32, 2)
+
+
+# ---- 4. denoisers: argument types, start time, sizes, unused options --------------------------
+@pytest.fixture(scope="module")
+def denoiser():
+    from flax import nnx
+
+    from rhm_jax.denoise import Denoiser, ModelConfig, TreeUNet, make_objective
+
+    net = TreeUNet(CFG, ModelConfig(width=8), num_states=CFG.v + 1, rngs=nnx.Rngs(0))
+    return Denoiser(net, make_objective("masked_elbo", CFG))
+
+
+def _run_of(denoiser):
+    from rhm_jax.denoise.train import Run
+
+    return Run(None, None, denoiser.model, None, 0, denoiser.objective)
+
+
+@pytest.mark.parametrize("call", ["generate", "experiment_denoiser", "reverse_sample",
+                                  "predict_x0"])
+def test_a_training_run_is_not_a_denoiser(denoiser, call):
+    from rhm_jax import denoise
+
+    run = _run_of(denoiser)
+    x_t = np.full((2, CFG.d), CFG.v)
+    calls = {"generate": lambda d: denoise.generate(jax.random.key(0), d, 2),
+             "experiment_denoiser": lambda d: denoise.experiment_denoiser(d),
+             "reverse_sample": lambda d: denoise.reverse_sample(jax.random.key(0), d, None,
+                                                                x_t, 1.0),
+             "predict_x0": lambda d: denoise.predict_x0(d, x_t, 1.0)}
+    with pytest.raises(TypeError, match=r"denoiser must be a rhm_jax.denoise.Denoiser, got Run: "
+                                        r"wrap a training run with Denoiser.from_run\(run\)"):
+        calls[call](run)  # generate was an AttributeError
+    with pytest.raises(TypeError, match="denoiser must be a rhm_jax.denoise.Denoiser, got str 'x'"):
+        calls[call]("x")
+
+
+@pytest.mark.parametrize("t, text", [(0.0, "t = 0.0 must be in (0, 1]"),
+                                     ([0.5, 0.0], "t[1] = 0.0 must be in (0, 1]")])
+def test_reverse_sample_refuses_to_start_at_time_zero(denoiser, t, text):
+    from rhm_jax.denoise import reverse_sample
+
+    with pytest.raises(ValueError) as info:
+        reverse_sample(jax.random.key(0), denoiser, None, np.full((2, CFG.d), CFG.v), t)
+    assert text in str(info.value)
+
+
+def test_generate_that_cannot_fit_is_refused_with_its_size(denoiser):
+    from rhm_jax.denoise import generate
+    from rhm_jax.denoise.sampling import generate_bytes
+
+    # 4 bytes x 10**9 x 8 tokens x (1 state + 3 x 8 symbols + 2 x 8 channels) = 1.3 TB
+    assert generate_bytes(denoiser, 10**9) == 4 * 10**9 * 8 * 41
+    with pytest.raises(ValueError, match=r"generate\(n=1000000000\) at d = 2\*\*3 tokens would "
+                                         r"allocate about 1.3 TB, more than"):
+        generate(jax.random.key(0), denoiser, 10**9)
+
+
+@pytest.mark.parametrize("name, option, value", [
+    ("masked_elbo", "ce_weight", 5), ("masked_elbo", "num_steps", 100),
+    ("gaussian_x0", "ce_weight", 0.5), ("gaussian_eps", "ce_weight", 1.0)])
+def test_an_option_the_objective_does_not_use_is_refused(name, option, value):
+    from rhm_jax.denoise import make_objective
+
+    with pytest.raises(ValueError, match=rf"{option} = {value} is not used by the '{name}' "
+                                         "objective"):
+        make_objective(name, CFG, **{option: value})
+    make_objective(name, CFG, ce_weight=0.0)  # the defaults stay accepted
+    make_objective(name, CFG, ce_weight=0, num_steps=None)
