@@ -44,8 +44,8 @@ import numpy as np
 
 from rhm_jax import bp
 from rhm_jax.validation import check_bool, check_fits, check_int, check_key, describe
-from rhm_jax.experiments import (Denoiser, bp_reconstruction, check_sweep_args, call_denoiser,
-                                 _observation)
+from rhm_jax.experiments import (Denoiser, bp_reconstruction, call_denoiser, check_data_count,
+                                 check_sweep_args, _observation)
 from rhm_jax.sampling import sample_data_unchecked
 from rhm_jax.sharding import DATA_AXIS, auto_axes, batch_sharding, data_mesh, pad_to_multiple, put_global
 
@@ -242,10 +242,6 @@ class CorrelationBytes(NamedTuple):
     host: int
 
 
-#: Starts and data are told apart by ``fold_in(key, i)`` with a uint32 ``i``.
-MAX_STARTS = 2**32
-
-
 def _statistics_bytes(n_starts: int, num_times: int, d: int, levels: int,
                       with_matrix: bool) -> int:
     """Host bytes of the per-start statistics: float32 parts, their concatenation and
@@ -343,7 +339,7 @@ def change_correlations(key: jax.Array, grammar, process, times, n_starts: int,
       >>> res.chi.shape, float(res.changed[0]), res.tree_distance.shape
       ((2,), 0.0, (2, 4))
     """
-    n_starts = check_int("n_starts", n_starts, minimum=2, maximum=MAX_STARTS)
+    n_starts = check_data_count("n_starts", n_starts, minimum=2)
     key, times, n_starts, chunk_size, _ = check_sweep_args(
         key, grammar, process, times, n_starts, chunk_size, 1, denoiser, denoiser_params)
     n_trajectories = check_int("n_trajectories", n_trajectories, minimum=2)

@@ -159,7 +159,7 @@ def test_collapse_refuses_input_that_has_no_meaning(change, error, text):
 def test_change_correlations_refuses_one_start_like_the_gaussian_field(grammar):
     from rhm_jax.correlations import change_correlations, grf_change_correlations
 
-    with pytest.raises(ValueError, match=r"n_starts = 1 must be in \[2, "):  # was chi = [nan]
+    with pytest.raises(ValueError, match=r"n_starts = 1 must be >= 2"):  # was chi = [nan]
         change_correlations(jax.random.key(0), grammar, Masking(CFG), [0.5], 1, 4)
     with pytest.raises(ValueError, match=r"n_starts = 1 must be >= 2"):
         grf_change_correlations(jax.random.key(0), 16, 1.0, [0.5], 1, 4)
@@ -275,3 +275,43 @@ def test_an_option_the_objective_does_not_use_is_refused(name, option, value):
         make_objective(name, CFG, **{option: value})
     make_objective(name, CFG, ce_weight=0.0)  # the defaults stay accepted
     make_objective(name, CFG, ce_weight=0, num_steps=None)
+
+
+# ---- 5. forward-backward: no bare NaN in a JSON row; sizes refused ----------------------------
+def test_one_datum_has_no_standard_error_and_its_rows_say_none(grammar):
+    from rhm_jax import EpsilonProcess
+    from rhm_jax.experiments import forward_backward, to_rows
+
+    res = forward_backward(jax.random.key(1), grammar, EpsilonProcess(CFG), [0.0, 0.5], 1)
+    assert np.all(np.isnan(res.sampled_se)) and np.all(np.isnan(res.marginal_se))  # was 0
+    rows = to_rows(res, CFG, "epsilon")
+    text = json.dumps(rows, allow_nan=False)  # strict JSON: a NaN would raise
+    assert all(row["P_sampled_se"] is None and row["valid_se"] is None for row in rows)
+    assert all(row["P_sampled"] is not None for row in json.loads(text))
+
+
+def test_to_rows_turns_every_nan_into_none():
+    from rhm_jax.experiments import ForwardBackwardResult, to_rows
+
+    nan = np.full((1, 1, CFG.L + 1), np.nan)
+    res = ForwardBackwardResult(np.array([0.5]), None, None, nan, nan, 3, nan, nan)
+    rows = to_rows(res, CFG, "masking")
+    json.dumps(rows, allow_nan=False)
+    assert {row["P_sampled"] for row in rows} == {None} and rows[0]["changed_tokens"] is None
+
+
+def test_forward_backward_that_cannot_fit_is_refused_with_its_size(grammar, tiny_memory):
+    from rhm_jax import EpsilonProcess
+    from rhm_jax.experiments import forward_backward
+
+    with pytest.raises(ValueError, match=r"forward_backward: one compiled call of 64 data x 2 "
+                                         r"noise levels x 1 grammars at d = 2\*\*3 would allocate"):
+        forward_backward(jax.random.key(1), grammar, EpsilonProcess(CFG), [0.0, 0.5], 64)
+
+
+def test_more_data_than_distinct_keys_is_refused(grammar):
+    from rhm_jax import EpsilonProcess
+    from rhm_jax.experiments import forward_backward
+
+    with pytest.raises(ValueError, match=r"n_data = 4294967297 must be <= 2\*\*32"):
+        forward_backward(jax.random.key(1), grammar, EpsilonProcess(CFG), [0.5], 2**32 + 1)
