@@ -302,7 +302,8 @@ def change_correlations(key: jax.Array, grammar, process, times, n_starts: int,
                         denoiser_params: Any = None, chunk_size: int | None = None,
                         with_matrix: bool = False, mesh: jax.sharding.Mesh | None = None,
                         progress: bool = False) -> ChangeCorrelations:
-    """Correlated changes ``C_ij``, ``C(r)``, ``χ(t)`` and ``ξ(t)`` (``docs/theory/correlations.md``).
+    """Correlated changes ``C_ij``, ``C(r)``, ``χ(t)`` and ``ξ(t)``
+    (``docs/theory/correlations.md``).
 
     Args:
       key: PRNG key; start ``i`` uses ``fold_in(key, i)`` (its data, and trajectory ``j``'s

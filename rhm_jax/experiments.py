@@ -234,8 +234,10 @@ def _estimate(weights, grammars, latents, evidence, post_keys, times, params, de
     ``(K, T, 3, 2, L+1)``, summed over the whole mesh.
 
     Grammars run one after the other (``lax.map``): each already has a batch of ``n * T``
-    data, and BP with one grammar's rules traces and runs faster than BP vmapped over a
-    stack of rules (measured 1.3x per chunk on CPU, 2x faster tracing).
+    data, so vmapping over grammars adds no parallelism, while BP with one grammar's rules
+    gathers from plain tables where a vmapped stack needs batched gathers, which trace and
+    run slower. To measure it, time ``python benchmarks/bench_phase.py --quick`` (several
+    grammars a call) with ``jax.lax.map`` here replaced by ``jax.vmap``.
     """
     def one_grammar(inputs):
         grammar, latents, evidence = inputs

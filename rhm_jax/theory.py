@@ -1,9 +1,10 @@
-"""Mean-field theory of the ε-process (DESIGN.md §5).
+"""Mean-field theory of the ε-process (``docs/theory/mean_field.md``).
 
 Host-side float64 NumPy, vectorised over arrays of noise levels ``eps``; nothing here is
-traced by JAX. Notation follows DESIGN.md §5: ``p_l`` is the average upward belief on the
-true symbol at level ``l`` (level 0 = root/class, level ``L`` = tokens), the leaves start
-at ``p_L = 1 - ε + ε/v`` and every level up applies ``p_{l-1} = F(p_l)`` with
+traced by JAX. Notation follows ``docs/theory/mean_field.md``: ``p_l`` is the average
+upward belief on the true symbol at level ``l`` (level 0 = root/class, level ``L`` =
+tokens), the leaves start at ``p_L = 1 - ε + ε/v`` and every level up applies
+``p_{l-1} = F(p_l)`` with
 
     F(p) = [p**s + c(1 - p**s)] / [p**s + f~(1 - p**s)],
     c = (m-1)/(v**s-1),  f~ = (m*v-1)/(v**s-1).
@@ -20,7 +21,7 @@ width of the transition shrinks like ``F'(p*)**(-L)`` (corrections are relativel
 
 The helpers :func:`level_crossing`, :func:`midpoint_crossing`, :func:`curve_width` and
 :func:`extrapolate_threshold` work on arbitrary sampled curves, so the same analysis
-applies to measured BP curves (DESIGN.md §4).
+applies to measured BP curves (``docs/theory/phase_transition.md``).
 """
 
 from __future__ import annotations
@@ -87,7 +88,8 @@ def _bisect(func, lo: float, hi: float) -> float:
 
 
 def p_star_s2(v: int, m: int) -> float:
-    """Closed-form unstable fixed point for ``s = 2``: ``p* = (m-1)/(v-m)`` (DESIGN.md §5).
+    """Closed-form unstable fixed point for ``s = 2``: ``p* = (m-1)/(v-m)``
+    (``docs/theory/mean_field.md``).
 
     For ``s = 2``, ``F(p) = p`` is a cubic with roots ``1``, ``1/v`` and ``(m-1)/(v-m)``
     (the product of the roots is ``(m-1)/(v(v-m))``). The value is returned as it is, even
@@ -107,7 +109,8 @@ def p_star_s2(v: int, m: int) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class MeanField:
-    """Mean-field map of the ε-process for an RHM with ``n_classes = v`` (DESIGN.md §5).
+    """Mean-field map of the ε-process for an RHM with ``n_classes = v``
+    (``docs/theory/mean_field.md``).
 
     Args:
       v: vocabulary size.
@@ -144,7 +147,8 @@ class MeanField:
         if config.n_classes != config.v:
             raise ValueError(
                 f"n_classes = {config.n_classes} differs from v = {config.v}: the mean-field "
-                "map of DESIGN.md §5 assumes the root has the same alphabet as the levels below"
+                "map (docs/theory/mean_field.md) assumes the root has the same alphabet as "
+                "the levels below"
             )
         return cls(v=config.v, m=config.m, s=config.s)
 
@@ -166,7 +170,8 @@ class MeanField:
 
     # ---- the map and its derivative ---------------------------------------------------
     def F(self, p):
-        """``F(p) = [p**s + c(1-p**s)] / [p**s + f~(1-p**s)]`` elementwise (DESIGN.md §5)."""
+        """``F(p) = [p**s + c(1-p**s)] / [p**s + f~(1-p**s)]`` elementwise
+        (``docs/theory/mean_field.md``)."""
         x = np.asarray(p, dtype=np.float64) ** self.s
         return (x + self.c * (1.0 - x)) / (x + self.f_tilde * (1.0 - x))
 
@@ -246,7 +251,8 @@ class MeanField:
 
     @property
     def has_transition(self) -> bool:
-        """Whether the class has a noise threshold: ``F'(1) < 1`` (DESIGN.md §5).
+        """Whether the class has a noise threshold: ``F'(1) < 1``
+        (``docs/theory/mean_field.md``).
 
         The inequality is tested in exact integers, ``s·m(v-1) < v**s - 1``, so
         configurations with ``F'(1) = 1`` exactly are classified without rounding. It
@@ -268,7 +274,8 @@ class MeanField:
 
     @property
     def nu(self) -> float:
-        """Correlation-length exponent ``ν = ln s / ln F'(p*)`` (DESIGN.md §6)."""
+        """Correlation-length exponent ``ν = ln s / ln F'(p*)``
+        (``docs/theory/correlations.md``)."""
         return math.log(self.s) / math.log(self.slope_at_p_star)
 
     # ---- noise <-> leaf belief ----------------------------------------------------------
@@ -286,7 +293,7 @@ class MeanField:
         """Bottom-up ``p_l(ε)`` and top-down ``q_l(ε)`` for every level of a depth-``L`` tree.
 
         ``p_L = 1 - ε + ε/v``, ``p_{l-1} = F(p_l)``; ``q_0 = p_0``,
-        ``q_l = q_{l-1}·A(p_l) + (1-q_{l-1})·B(p_l)`` (DESIGN.md §5).
+        ``q_l = q_{l-1}·A(p_l) + (1-q_{l-1})·B(p_l)`` (``docs/theory/mean_field.md``).
 
         Args:
           eps: noise levels in ``[0, 1]``, any shape.
@@ -341,7 +348,8 @@ class MeanField:
 
         With the normalised class curve ``(p_0 - 1/v)/(1 - 1/v)`` falling from 1 to 0,
         the width is ``ε(lower) - ε(upper)`` (10%–90% by default), computed exactly by
-        :meth:`eps_at_class_belief`. It shrinks like ``F'(p*)**(-L)`` (DESIGN.md §5).
+        :meth:`eps_at_class_belief`. It shrinks like ``F'(p*)**(-L)``
+        (``docs/theory/mean_field.md``).
         """
         chance = 1.0 / self.v
         levels = chance + np.array([lower, upper]) * (1.0 - chance)
@@ -420,7 +428,8 @@ def midpoint_crossing(eps, curve, low: float, high: float) -> float:
     """ε where a sampled decreasing curve crosses ``(low + high)/2`` (NaN if it does not).
 
     Use ``low = 1/v``, ``high = 1`` on a class curve to get the threshold ``ε_1/2(L)``,
-    for theory curves and measured BP curves alike (DESIGN.md §4–§5).
+    for theory curves and measured BP curves alike (``docs/theory/phase_transition.md``,
+    ``docs/theory/mean_field.md``).
 
     Examples:
       >>> eps = np.linspace(0.0, 1.0, 11)
@@ -448,7 +457,7 @@ def extrapolate_threshold(L_values, eps_half_values, growth_factor: float) -> fl
     """Infinite-depth threshold from finite-depth ones, ``ε_1/2(L) = ε_∞ + A·λ**(-L)``.
 
     Linear least squares in ``(ε_∞, A)`` with ``λ = growth_factor`` given (the theory's
-    ``F'(p*)``, DESIGN.md §5). Non-finite thresholds are dropped.
+    ``F'(p*)``, ``docs/theory/mean_field.md``). Non-finite thresholds are dropped.
 
     Args:
       L_values: depths, shape ``(n,)``.
