@@ -35,6 +35,7 @@ from typing import NamedTuple
 import numpy as np
 
 from rhm_jax.config import RHMConfig
+from rhm_jax.validation import check_int, describe
 
 _BISECTION_STEPS = 200  # more than float64 needs; the loop exits when the bracket stops shrinking
 _ROOT_SCAN_POINTS = 4097  # grid that brackets the interior fixed points before bisection
@@ -59,6 +60,15 @@ def _check_int(name: str, value, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{name} = {value} must be >= {minimum}")
     return int(value)
+
+
+def _check_finite(name: str, value) -> float:
+    """A finite real number (not a bool), as a float."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a finite number, got {describe(value)}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} = {value} must be finite")
+    return float(value)
 
 
 def _check_eps(eps) -> np.ndarray:
@@ -412,8 +422,10 @@ def level_crossing(eps, curve, level: float) -> float:
       level: the value to cross.
 
     Returns:
-      The crossing ε, or NaN if the curve never falls through ``level``.
+      The crossing ε, or NaN if the curve never falls through ``level`` (a non-finite
+      ``level`` is refused: no curve crosses it).
     """
+    level = _check_finite("level", level)
     eps, curve = _sampled_curve(eps, curve)
     above = curve >= level
     falls = np.flatnonzero(above[:-1] & ~above[1:])
@@ -447,7 +459,14 @@ def curve_width(
     The curve is normalised as ``(curve - low)/(high - low)`` and the width is the ε at
     which it crosses ``lower`` minus the ε at which it crosses ``upper`` (10%–90% by
     default), each by :func:`level_crossing`. NaN if either crossing is missing.
+    ``low``, ``high``, ``lower`` and ``upper`` must be finite with ``low != high`` (the
+    normalisation divides by ``high - low``); anything else is refused.
     """
+    for name, value in (("low", low), ("high", high), ("lower", lower), ("upper", upper)):
+        _check_finite(name, value)
+    if high == low:
+        raise ValueError(f"high = low = {low}: the curve's range must not be empty (it is "
+                         "normalised by high - low)")
     eps, curve = _sampled_curve(eps, curve)
     normalised = (curve - low) / (high - low)
     return level_crossing(eps, normalised, lower) - level_crossing(eps, normalised, upper)
@@ -460,18 +479,22 @@ def extrapolate_threshold(L_values, eps_half_values, growth_factor: float) -> fl
     ``F'(p*)``, ``docs/theory/mean_field.md``). Non-finite thresholds are dropped.
 
     Args:
-      L_values: depths, shape ``(n,)``.
+      L_values: depths, shape ``(n,)``: integers ``>= 1`` (a NaN or fractional depth is
+        refused, not fitted).
       eps_half_values: thresholds measured at those depths, shape ``(n,)``.
-      growth_factor: ``λ > 1``.
+      growth_factor: ``λ > 1``, finite.
 
     Returns:
       ``ε_∞``.
     """
-    L_values = np.asarray(L_values, dtype=np.float64)
+    given = L_values.tolist() if isinstance(L_values, np.ndarray) else L_values
     eps_half = np.asarray(eps_half_values, dtype=np.float64)
-    if L_values.shape != eps_half.shape or L_values.ndim != 1:
+    if np.shape(given) != eps_half.shape or np.ndim(given) != 1:
         raise ValueError(f"L_values and eps_half_values must be 1-D of the same length, got "
-                         f"{L_values.shape} and {eps_half.shape}")
+                         f"{np.shape(given)} and {eps_half.shape}")
+    L_values = np.array([check_int(f"L_values[{i}]", L, minimum=1)
+                         for i, L in enumerate(given)], dtype=np.float64)
+    growth_factor = _check_finite("growth_factor", growth_factor)
     if not growth_factor > 1.0:
         raise ValueError(f"growth_factor = {growth_factor} must be > 1")
     keep = np.isfinite(eps_half)

@@ -315,3 +315,23 @@ def test_more_data_than_distinct_keys_is_refused(grammar):
 
     with pytest.raises(ValueError, match=r"n_data = 4294967297 must be <= 2\*\*32"):
         forward_backward(jax.random.key(1), grammar, EpsilonProcess(CFG), [0.5], 2**32 + 1)
+
+
+@pytest.mark.parametrize("call, error, text", [
+    (lambda th: th.extrapolate_threshold([3, float("nan"), 7], [0.5, 0.6, 0.7], 1.4),
+     TypeError, "L_values[1] must be an integer, got float nan"),  # was a LinAlgError
+    (lambda th: th.extrapolate_threshold([3, 5, 7], [0.5, 0.6, 0.7], float("inf")),
+     ValueError, "growth_factor = inf must be finite"),
+    (lambda th: th.extrapolate_threshold([3, 5], [0.5, 0.6], "2"),
+     TypeError, "growth_factor must be a finite number, got str '2'"),
+    (lambda th: th.curve_width([0.0, 0.5, 1.0], [1.0, 0.5, 0.0], 0.5, 0.5),
+     ValueError, "high = low = 0.5: the curve's range must not be empty"),
+    (lambda th: th.midpoint_crossing([0.0, 0.5, 1.0], [1.0, 0.5, 0.0], float("nan"), 1.0),
+     ValueError, "level = nan must be finite"),
+])
+def test_threshold_helpers_refuse_input_that_has_no_meaning(call, error, text):
+    from rhm_jax import theory
+
+    with pytest.raises(error) as info:
+        call(theory)
+    assert text in str(info.value)
