@@ -170,7 +170,12 @@ def bp_reconstruction(grammar, keys, loglik, latents):
 
 
 def call_denoiser(denoiser, params, key, x_t, t, config):
-    """``denoiser(params, key, x_t, t)``, its output checked (at trace time) and int32."""
+    """``denoiser(params, key, x_t, t)``, its output checked (at trace time) and int32.
+
+    Tokens outside ``[0, v)`` are invalid leaves; a value that int32 cannot hold (from a
+    wider integer dtype, e.g. int64 with ``jax_enable_x64``) becomes ``-1``, invalid
+    too, rather than wrapping to a token (``2**32 + 3`` is not ``3``).
+    """
     x_hat = denoiser(params, key, x_t, t)
     shape, dtype = jnp.shape(x_hat), jnp.result_type(x_hat)
     want = (x_t.shape[0], config.d)
@@ -178,6 +183,10 @@ def call_denoiser(denoiser, params, key, x_t, t, config):
         raise ValueError(f"denoiser returned a {dtype} array of shape {shape}; it must return "
                          f"integer tokens of shape (c, d) = {want} for x_t of shape "
                          f"{tuple(x_t.shape)}")
+    info = jnp.iinfo(dtype)
+    if info.min < -(2**31) or info.max >= 2**31:  # traced: values cannot be checked here
+        fits = (x_hat < 2**31) if info.min >= 0 else (x_hat >= -(2**31)) & (x_hat < 2**31)
+        x_hat = jnp.where(fits, x_hat, -1)
     return x_hat.astype(jnp.int32)
 
 

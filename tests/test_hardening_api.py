@@ -335,3 +335,13 @@ def test_threshold_helpers_refuse_input_that_has_no_meaning(call, error, text):
     with pytest.raises(error) as info:
         call(theory)
     assert text in str(info.value)
+
+
+def test_denoiser_output_that_int32_cannot_hold_is_an_invalid_leaf_not_a_token():
+    from rhm_jax.experiments import call_denoiser
+
+    with jax.enable_x64(True):
+        x_t = np.zeros((1, CFG.d), np.int64)
+        out = call_denoiser(lambda p, k, x, t: x + np.array([2**32 + 3] + [1] * 7), None, None,
+                            x_t, np.zeros(1), CFG)
+    assert out.dtype == np.int32 and np.asarray(out).tolist() == [[-1] + [1] * 7]
