@@ -1,4 +1,4 @@
-"""Correlated changes under forward–backward denoising (DESIGN.md §6).
+"""Correlated changes under forward–backward denoising (``docs/theory/correlations.md``).
 
 For a start ``x0`` and a noise level ``t``, one *trajectory* is: fresh forward noise
 ``x_t ~ q(x_t | x0)`` and one reconstruction ``x̂0`` (an exact BP posterior draw
@@ -34,6 +34,7 @@ The Gaussian-random-field control (no hierarchy) is :func:`grf_change_correlatio
 from __future__ import annotations
 
 import math
+import numbers
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -42,9 +43,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from rhm_jax import bp
-from rhm_jax.validation import check_bool, check_int
-from rhm_jax.experiments import (Denoiser, bp_reconstruction, check_sweep_args, call_denoiser,
-                                 _observation)
+from rhm_jax.validation import check_bool, check_fits, check_int, check_key, describe
+from rhm_jax.experiments import (Denoiser, bp_reconstruction, call_denoiser, check_data_count,
+                                 check_sweep_args, _observation)
 from rhm_jax.sampling import sample_data_unchecked
 from rhm_jax.sharding import DATA_AXIS, auto_axes, batch_sharding, data_mesh, pad_to_multiple, put_global
 
@@ -233,12 +234,76 @@ def _starts_chunk(keys, grammar, process, times, n_trajectories, params, mesh, d
                          out_specs=_DATA, check_vma=False)(keys, grammar, times, params)
 
 
+class CorrelationBytes(NamedTuple):
+    """Memory of a correlated-changes run: ``device`` (one compiled call) and ``host``
+    (the per-start statistics of every start), in bytes."""
+
+    device: int
+    host: int
+
+
+def _statistics_bytes(n_starts: int, num_times: int, d: int, levels: int,
+                      with_matrix: bool) -> int:
+    """Host bytes of the per-start statistics: float32 parts, their concatenation and
+    the float64 summary, 16 bytes per value (``T·(d + levels + 3)`` values a start, plus
+    ``T·d²`` with the matrix)."""
+    per_start = num_times * (d + levels + 3) + (num_times * d * d if with_matrix else 0)
+    return 16 * n_starts * per_start
+
+
+def change_correlations_bytes(config, n_starts: int, n_trajectories: int, num_times: int, *,
+                              with_matrix: bool = False, chunk_size: int = 8,
+                              platform: str | None = None) -> CorrelationBytes:
+    """Memory :func:`change_correlations` needs, estimated before any work.
+
+    With ``R = n_trajectories · T`` rows of one start, ``N = (s**(L+1) - 1)/(s - 1)``
+    nodes and ``c = bp.default_chunk_size(config, R)`` rows per BP step:
+
+    * device: ``24·R·d`` (one start's spins, as bytes, float32 and their ``2d``-point
+      FFTs) + ``4·v·(d + 3N)·c`` (one BP step: leaf log-likelihoods, then upward
+      messages, downward messages and marginals at every node) + ``20·R`` (keys, times,
+      class beliefs of the rows) + ``4·chunk_size·T·(d + L + 3)`` (the outputs of one
+      call of ``chunk_size`` starts); with the matrix ``8·T·d²`` a start and
+      ``4·chunk_size·T·d²`` more;
+    * host: ``16·n_starts·T·(d + L + 3)`` (``+ T·d²`` a start with the matrix), see
+      :func:`_statistics_bytes`.
+
+    Examples:
+      >>> from rhm_jax import RHMConfig
+      >>> change_correlations_bytes(RHMConfig(v=8, m=2, s=2, L=3), 4, 8, 2, platform="cpu")
+      CorrelationBytes(device=31424, host=1792)
+    """
+    from rhm_jax import bp
+
+    d, rows = config.d, n_trajectories * num_times
+    nodes = (config.s ** (config.L + 1) - 1) // (config.s - 1)
+    chunk_rows = bp.default_chunk_size(config, rows, platform=platform)
+    device = (24 * rows * d + 4 * config.v * (d + 3 * nodes) * chunk_rows + 20 * rows
+              + 4 * chunk_size * num_times * (d + config.L + 3))
+    if with_matrix:
+        device += 8 * num_times * d * d + 4 * chunk_size * num_times * d * d
+    return CorrelationBytes(
+        int(device), _statistics_bytes(n_starts, num_times, d, config.L, with_matrix))
+
+
+def _levels(num_times: int) -> str:
+    return f"{num_times} noise level" + ("" if num_times == 1 else "s")
+
+
+def _check_correlation_bytes(what: str, estimate: CorrelationBytes, advice: str) -> None:
+    """Refuse a run whose call or whose statistics cannot fit (device, then host)."""
+    check_fits(f"{what}: one compiled call", estimate.device, advice=advice)
+    check_fits(f"{what}: the statistics of every start", estimate.host, host=True,
+               advice=advice)
+
+
 def change_correlations(key: jax.Array, grammar, process, times, n_starts: int,
                         n_trajectories: int, *, denoiser: Denoiser | None = None,
                         denoiser_params: Any = None, chunk_size: int | None = None,
                         with_matrix: bool = False, mesh: jax.sharding.Mesh | None = None,
                         progress: bool = False) -> ChangeCorrelations:
-    """Correlated changes ``C_ij``, ``C(r)``, ``χ(t)`` and ``ξ(t)`` (DESIGN.md §6).
+    """Correlated changes ``C_ij``, ``C(r)``, ``χ(t)`` and ``ξ(t)``
+    (``docs/theory/correlations.md``).
 
     Args:
       key: PRNG key; start ``i`` uses ``fold_in(key, i)`` (its data, and trajectory ``j``'s
@@ -247,8 +312,10 @@ def change_correlations(key: jax.Array, grammar, process, times, n_starts: int,
       grammar: one grammar (not a stack).
       process: a noise process of :mod:`rhm_jax.noise` for ``grammar.config``.
       times: ``(T,)`` noise levels in ``[0, 1]``.
-      n_starts: number of starts ``x0`` (the error bars are over starts).
-      n_trajectories: trajectories per start (independent forward noise and draw each).
+      n_starts: number of starts ``x0``, in ``[2, 2**32]`` (the error bars are over
+        starts: one start has none).
+      n_trajectories: trajectories per start (independent forward noise and draw each),
+        at least 2.
       denoiser, denoiser_params: as in :func:`rhm_jax.experiments.forward_backward`
         (default exact BP).
       chunk_size: starts per compiled call (default one per device, at least 8).
@@ -256,6 +323,10 @@ def change_correlations(key: jax.Array, grammar, process, times, n_starts: int,
         ``d`` only — checks and tests).
       mesh: device mesh with a ``"data"`` axis (default: all devices).
       progress: progress bar over chunks of starts.
+
+    A run that cannot fit in memory (:func:`change_correlations_bytes`: one start's
+    ``n_trajectories · T · d`` spins and a BP step on the device, ``n_starts · T · d``
+    statistics on the host) is refused before any work, with its size.
 
     Returns:
       :class:`ChangeCorrelations`.
@@ -269,7 +340,7 @@ def change_correlations(key: jax.Array, grammar, process, times, n_starts: int,
       >>> res.chi.shape, float(res.changed[0]), res.tree_distance.shape
       ((2,), 0.0, (2, 4))
     """
-    n_starts = check_int("n_starts", n_starts, minimum=1)
+    n_starts = check_data_count("n_starts", n_starts, minimum=2)
     key, times, n_starts, chunk_size, _ = check_sweep_args(
         key, grammar, process, times, n_starts, chunk_size, 1, denoiser, denoiser_params)
     n_trajectories = check_int("n_trajectories", n_trajectories, minimum=2)
@@ -281,6 +352,13 @@ def change_correlations(key: jax.Array, grammar, process, times, n_starts: int,
     num_devices = mesh.devices.size
     chunk_size = pad_to_multiple(min(chunk_size or max(8, num_devices),
                                      pad_to_multiple(n_starts, num_devices)), num_devices)
+    cfg = grammar.config
+    _check_correlation_bytes(
+        f"change_correlations(n_starts={n_starts}, n_trajectories={n_trajectories}) with "
+        f"{_levels(len(times))} at d = {cfg.s}**{cfg.L}",
+        change_correlations_bytes(cfg, n_starts, n_trajectories, len(times),
+                                  with_matrix=with_matrix, chunk_size=chunk_size // num_devices),
+        advice="lower n_trajectories, the number of noise levels, n_starts or L")
     times_arr = jnp.asarray(times, jnp.zeros(()).dtype)
     sharding = batch_sharding(mesh)
     if denoiser_params is not None:
@@ -314,6 +392,8 @@ class CollapseFit(NamedTuple):
       cost: collapse cost ``S`` at the optimum (≈ 1 for a collapse within the errors).
       log_growth: the coarse grid of ``ln b``; ``costs``: ``S`` on it.
       n_points: points compared.
+      reason: ``None`` when every value is determined; otherwise why ``nu`` and ``growth``
+        (or only their errors) are NaN.
     """
 
     nu: float
@@ -324,6 +404,7 @@ class CollapseFit(NamedTuple):
     log_growth: np.ndarray
     costs: np.ndarray
     n_points: int
+    reason: str | None = None
 
 
 def _collapse_cost(curves, log_b: float) -> tuple[float, int]:
@@ -347,22 +428,48 @@ def _collapse_cost(curves, log_b: float) -> tuple[float, int]:
 
 def _peak_height(t: np.ndarray, y: np.ndarray) -> float:
     """Height of a sampled peak: the vertex of the parabola through the largest point and
-    its two neighbours (less tied to where the grid falls than the largest point alone)."""
+    its two neighbours (less tied to where the grid falls than the largest point alone).
+    Not positive when the curve never rises above zero (no peak)."""
     i = int(np.argmax(y))
     top = float(y[i])
     if 0 < i < len(y) - 1:
         a, b, c = np.polyfit(t[i - 1:i + 2] - t[i], y[i - 1:i + 2], 2)
         if a < 0:
             top = max(top, float(c - b * b / (4 * a)))
-    return top if top > 0 else 1.0
+    return top
+
+
+def _finite_real(name: str, value) -> float:
+    """A finite real number (a bool is not one), as a float."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a finite number, got {describe(value)}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} = {value} must be finite")
+    return float(value)
+
+
+def _check_depths(depths) -> list[int]:
+    """Depths as Python ints ``>= 1`` (a fractional depth is refused, not truncated)."""
+    if isinstance(depths, (str, bytes)) or not hasattr(depths, "__len__"):
+        raise TypeError(f"depths must be a sequence of integers, got {describe(depths)}")
+    depths = [check_int(f"depths[{i}]", L, minimum=1) for i, L in enumerate(depths)]
+    if len(set(depths)) < 2:
+        raise ValueError(f"depths = {depths} must hold at least 2 distinct depths")
+    return depths
+
+
+#: Default coarse grid of ``ln b`` scanned by :func:`collapse_exponent`.
+COLLAPSE_GRID = np.linspace(0.02, 2.5, 125)
+COLLAPSE_GRID.setflags(write=False)
 
 
 def collapse_exponent(depths, times, values, errors, centres, s: int, *, baseline: float = 0.0,
                       log_growth=None, n_boot: int = 200, seed: int = 0) -> CollapseFit:
     """The exponent ``ν`` from a finite-size data collapse of a peaked observable.
 
-    Pure NumPy on measured curves (DESIGN.md §5–6). Near the transition of a depth-``L``
-    tree (``d = s**L`` tokens), the ansatz is
+    Pure NumPy on measured curves (``docs/theory/mean_field.md``,
+    ``docs/theory/correlations.md``). Near the transition of a depth-``L`` tree
+    (``d = s**L`` tokens), the ansatz is
     ``(y_L(t) - baseline) ≈ A_L · f((t - t_L) · b**L)``: the curve is a fixed shape whose
     width shrinks by ``b = F'(p*)`` per level around the depth's centre ``t_L`` (the
     ``P_0`` midpoint, say), with an amplitude ``A_L`` free per depth. Each curve is
@@ -376,6 +483,22 @@ def collapse_exponent(depths, times, values, errors, centres, s: int, *, baselin
     ``N(y, error)``, the whole fit repeated), inflated by ``sqrt(S)`` when the optimum's
     cost ``S`` exceeds 1 (as a reduced chi-square would be).
 
+    Rules. Bad input raises (``ValueError``, or ``TypeError`` for a wrong type): depths
+    that are not integers ``>= 1`` or fewer than 2 distinct ones; entries that do not
+    match the depths; non-finite centres or baseline; per depth, ``times``, ``values`` and
+    ``errors`` of different shapes, a negative finite error, or fewer than 3 finite
+    points; a ``log_growth`` grid that is not 1-D, finite, positive (``b > 1``: the
+    transition narrows with depth) and strictly increasing with at least 3 points;
+    ``n_boot`` other than 0 or an integer ``>= 2``; ``seed`` not an integer ``>= 0``.
+    A fit without meaning is *undetermined*: ``nu``, ``nu_se``, ``growth`` and
+    ``growth_se`` are NaN and ``reason`` says why — when a depth's curve has no peak above
+    the baseline (nothing to scale), when no two depths overlap at any ``b`` of the grid,
+    or when the coarse optimum lies at either end of the grid (the minimum is outside the
+    range scanned, or the cost is flat: curves that collapse at every ``b``, e.g. flat
+    ones, fix no ``b``). When only some bootstrap replicas have their optimum at an end of
+    the grid, ``nu`` stands but ``nu_se`` and ``growth_se`` are NaN (the grid would cut
+    off their spread), with the count in ``reason``.
+
     Args:
       depths: ``(K,)`` depths ``L`` (at least 2 distinct).
       times: ``K`` arrays of noise levels (increasing), one per depth.
@@ -384,17 +507,16 @@ def collapse_exponent(depths, times, values, errors, centres, s: int, *, baselin
       centres: ``(K,)`` the centre ``t_L`` of each depth's transition.
       s: branching factor.
       baseline: value of the observable away from the transition (``1`` for ``χ``).
-      log_growth: coarse grid of ``ln b`` to scan (default 125 points in ``[0.02, 2.5]``);
-        the optimum is refined on 41 points between its neighbours.
+      log_growth: coarse grid of ``ln b`` to scan (default :data:`COLLAPSE_GRID`, 125
+        points in ``[0.02, 2.5]``); the optimum is refined on 41 points between its
+        neighbours.
       n_boot: bootstrap replicas (0: no error bar, ``nu_se`` NaN).
       seed: NumPy seed of the bootstrap.
 
     Returns:
       :class:`CollapseFit`.
     """
-    depths = [int(L) for L in depths]
-    if len(set(depths)) < 2:
-        raise ValueError(f"depths = {depths} must hold at least 2 distinct depths")
+    depths = _check_depths(depths)
     if not (len(times) == len(values) == len(errors) == len(centres) == len(depths)):
         raise ValueError("depths, times, values, errors and centres must have one entry per "
                          f"depth; got lengths {len(depths)}, {len(times)}, {len(values)}, "
@@ -402,11 +524,28 @@ def collapse_exponent(depths, times, values, errors, centres, s: int, *, baselin
     if not np.all(np.isfinite(np.asarray(centres, np.float64))):
         raise ValueError(f"centres = {list(centres)} must be finite")
     s = check_int("s", s, minimum=2)
-    grid = (np.linspace(0.02, 2.5, 125) if log_growth is None
-            else np.asarray(log_growth, np.float64))
+    baseline = _finite_real("baseline", baseline)
+    n_boot = check_int("n_boot", n_boot, minimum=0)
+    if n_boot == 1:
+        raise ValueError("n_boot = 1 must be 0 (no error bar) or >= 2 (a standard deviation "
+                         "needs two replicas)")
+    seed = check_int("seed", seed, minimum=0)
+    grid = COLLAPSE_GRID if log_growth is None else np.asarray(log_growth, np.float64)
+    if grid.ndim != 1 or grid.size < 3 or not np.all(np.isfinite(grid)) or grid[0] <= 0 \
+            or np.any(np.diff(grid) <= 0):
+        raise ValueError(f"log_growth = {np.asarray(log_growth).tolist()} must be a strictly "
+                         "increasing 1-d grid of at least 3 finite values > 0 (ln b > 0: the "
+                         "transition narrows with depth)")
     raw = []
-    for L, t, y, e, c in zip(depths, times, values, errors, centres):
+    for k, (L, t, y, e, c) in enumerate(zip(depths, times, values, errors, centres)):
         t, y, e = (np.asarray(a, np.float64) for a in (t, y, e))
+        if not t.ndim == 1 or t.shape != y.shape or t.shape != e.shape:
+            raise ValueError(f"depth L = {L}: times, values and errors must be 1-d of the same "
+                             f"length, got shapes {t.shape}, {y.shape}, {e.shape}")
+        if np.any(e < 0):
+            i = int(np.flatnonzero(e < 0)[0])
+            raise ValueError(f"errors[{k}][{i}] = {e[i]} (depth L = {L}) must be >= 0: a "
+                             "standard error")
         keep = np.isfinite(t) & np.isfinite(y) & np.isfinite(e)
         if keep.sum() < 3:
             raise ValueError(f"depth L = {L} has {int(keep.sum())} finite points; need >= 3")
@@ -417,6 +556,7 @@ def collapse_exponent(depths, times, values, errors, centres, s: int, *, baselin
         normed = []
         for L, t, y, e, c in curves:
             top = _peak_height(t, y)
+            top = top if top > 0 else 1.0  # a replica's noise may sink a peak: kept unscaled
             # An error floor: 1% of the peak keeps S finite where a point has zero error.
             normed.append((L, t, y / top, np.maximum(e / top, 1e-2), c))
         costs = np.array([_collapse_cost(normed, lb)[0] for lb in grid])
@@ -424,41 +564,114 @@ def collapse_exponent(depths, times, values, errors, centres, s: int, *, baselin
         # Refine between the neighbours of the coarse optimum.
         fine = np.linspace(grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)], 41)
         fine_costs = np.array([_collapse_cost(normed, lb)[0] for lb in fine])
-        return fine[int(np.argmin(fine_costs))], costs
+        return fine[int(np.argmin(fine_costs))], costs, best
 
-    best, costs = fit(raw)
+    def undetermined(why, costs=None, cost=math.nan, count=0):
+        costs = np.full(grid.shape, math.nan) if costs is None else costs
+        return CollapseFit(math.nan, math.nan, math.nan, math.nan, cost, grid, costs, count, why)
+
+    flat = [L for L, t, y, e, c in raw if not _peak_height(t, y) > 0]
+    if flat:
+        return undetermined(f"no peak above the baseline {baseline} at depth L = {flat[0]}: "
+                            "there is no width to scale")
+    best, costs, index = fit(raw)
+    normed_cost = float(np.min(costs))
+    if not math.isfinite(normed_cost):
+        return undetermined("no two depths overlap at any b of the grid: nothing to compare",
+                            costs)
+    npts = _collapse_cost([(L, t, y, np.ones_like(y), c) for L, t, y, e, c in raw], best)[1]
+    if index in (0, len(grid) - 1):
+        side = "lower" if index == 0 else "upper"
+        return undetermined(
+            f"the collapse cost is lowest at the {side} end of the grid (ln b = "
+            f"{grid[index]:.4g}): b lies outside the range scanned, or the cost is flat and "
+            "fixes no b", costs, normed_cost, npts)
     rng = np.random.default_rng(seed)
-    boot = []
-    for _ in range(int(n_boot)):
+    boot, at_edge = [], 0
+    for _ in range(n_boot):
         drawn = [(L, t, y + e * rng.standard_normal(y.shape), e, c) for L, t, y, e, c in raw]
-        boot.append(fit(drawn)[0])
+        b_fit, _, b_index = fit(drawn)
+        boot.append(b_fit)
+        at_edge += b_index in (0, len(grid) - 1)
     boot = np.asarray(boot)
     nu = math.log(s) / best
-    normed_cost = float(np.min(costs))
-    npts = _collapse_cost([(L, t, y, np.ones_like(y), c) for L, t, y, e, c in raw], best)[1]
     inflate = math.sqrt(max(normed_cost, 1.0))
+    reason = None
+    if at_edge:
+        reason = (f"{at_edge} of {n_boot} bootstrap replicas have their optimum at an end of "
+                  "the grid: the grid would cut off their spread, so the errors are NaN")
+    elif boot.size == 0:
+        reason = "n_boot = 0: no bootstrap, so no errors"
+    spread = boot.size > 1 and not at_edge
     return CollapseFit(
-        nu, inflate * float(np.std(math.log(s) / boot, ddof=1)) if boot.size > 1 else math.nan,
+        nu, inflate * float(np.std(math.log(s) / boot, ddof=1)) if spread else math.nan,
         math.exp(best),
-        inflate * float(np.std(np.exp(boot), ddof=1)) if boot.size > 1 else math.nan,
-        normed_cost, grid, costs, npts)
+        inflate * float(np.std(np.exp(boot), ddof=1)) if spread else math.nan,
+        normed_cost, grid, costs, npts, reason)
 
 
-def width_exponent(depths, widths, s: int) -> tuple[float, float]:
+class WidthFit(tuple):
+    """``(nu, nu_se)`` of :func:`width_exponent`: unpacks as a pair, and ``reason`` says
+    why ``nu`` (or only ``nu_se``) is NaN (``None`` when both are determined)."""
+
+    def __new__(cls, nu: float, nu_se: float, reason: str | None = None):
+        fit = super().__new__(cls, (float(nu), float(nu_se)))
+        fit.reason = reason
+        return fit
+
+    @property
+    def nu(self) -> float:
+        return self[0]
+
+    @property
+    def nu_se(self) -> float:
+        return self[1]
+
+    def __repr__(self) -> str:
+        return f"WidthFit(nu={self[0]!r}, nu_se={self[1]!r}, reason={self.reason!r})"
+
+
+#: Fitted relative shrink of the widths over the depths below which they count as flat
+#: (``ln w`` changing by less than this is rounding, not a trend).
+_FLAT_WIDTHS = 1e-9
+
+
+def width_exponent(depths, widths, s: int) -> WidthFit:
     """``ν`` from the finite-size scaling of the transition width, ``w_L ∝ b**(-L)``.
 
     Least squares of ``ln w_L`` on ``L`` gives ``ln b`` (minus the slope) and its standard
     error from the residuals (``N - 2`` degrees of freedom; NaN with two depths);
-    ``ν = ln s / ln b`` and its error by the delta method. Pure NumPy.
+    ``ν = ln s / ln b`` (``docs/theory/correlations.md``) and its error by the delta
+    method. Pure NumPy.
+
+    Rules. Bad input raises: depths that are not integers ``>= 1`` (a NaN or fractional
+    depth is refused), fewer than 2 distinct depths, ``widths`` of another length or not
+    finite and ``> 0``, ``s`` not an integer ``>= 2``. ``ν`` exists only when the widths
+    shrink with ``L`` (``b > 1``); it is *undetermined* (``nu`` and ``nu_se`` NaN, with a
+    ``reason``) when the fitted widths do not shrink — ``ln b · (L_max - L_min) <= 1e-9``,
+    which includes equal widths (whose rounding would otherwise give ``ν ~ 1e15``) and
+    growing ones — or, with 3 or more depths, when ``ln b`` is within two standard errors
+    of 0 (the data cannot tell the widths from constant, and ``ν = ln s / ln b`` is then
+    unbounded above).
 
     Returns:
-      ``(nu, nu_se)``.
+      :class:`WidthFit` ``(nu, nu_se)`` (unpacks as a pair), with ``reason``.
+
+    Examples:
+      >>> nu, nu_se = width_exponent([5, 7, 9], [0.1 * 2.0**-L for L in (5, 7, 9)], 2)
+      >>> round(nu, 12), round(nu_se, 12)
+      (1.0, 0.0)
+      >>> fit = width_exponent([3, 5, 7], [0.1, 0.1, 0.1], 2)  # equal widths: no ν
+      >>> fit.nu, fit.reason.split(" (")[0]
+      (nan, 'the widths do not shrink with L')
     """
-    depths = np.asarray(depths, np.float64)
+    depths = np.asarray(_check_depths(depths), np.float64)
+    if isinstance(widths, (str, bytes)) or not hasattr(widths, "__len__"):
+        raise TypeError(f"widths must be a sequence of numbers, got {describe(widths)}")
     widths = np.asarray(widths, np.float64)
-    if depths.shape != widths.shape or len(np.unique(depths)) < 2:
-        raise ValueError(f"depths = {depths.tolist()} and widths = {widths.tolist()} must "
-                         "have the same length and at least 2 distinct depths")
+    if widths.shape != depths.shape:
+        raise ValueError(f"widths = {widths.tolist()} must have one entry per depth, "
+                         f"{len(depths)}")
     if not np.all(np.isfinite(widths) & (widths > 0)):
         raise ValueError(f"widths = {widths.tolist()} must be finite and > 0")
     s = check_int("s", s, minimum=2)
@@ -470,8 +683,18 @@ def width_exponent(depths, widths, s: int) -> tuple[float, float]:
         slope_se = math.sqrt(np.sum(resid**2) / (n - 2) / np.sum((depths - depths.mean())**2))
     else:
         slope_se = math.nan
-    nu = math.log(s) / log_b if log_b > 0 else math.inf
-    return nu, abs(nu / log_b) * slope_se if log_b > 0 else math.nan
+    if log_b * (depths.max() - depths.min()) <= _FLAT_WIDTHS:
+        return WidthFit(math.nan, math.nan,
+                        f"the widths do not shrink with L (fitted ln b = {log_b:.3g}): "
+                        "nu = ln s / ln b needs b > 1")
+    if log_b <= 2 * slope_se:
+        return WidthFit(math.nan, math.nan,
+                        f"the fitted ln b = {log_b:.3g} is within two standard errors "
+                        f"({slope_se:.3g}) of 0: the widths are not shown to shrink, and "
+                        "nu = ln s / ln b is unbounded above")
+    nu = math.log(s) / log_b
+    return WidthFit(nu, abs(nu / log_b) * slope_se,
+                    "two depths: no residuals, so no error" if n == 2 else None)
 
 
 # ---- control without hierarchy: a 1-D Gaussian random field ---------------------------------
@@ -518,17 +741,45 @@ def _grf_start(key, d, exponent, times, n_trajectories):
     return {"changed": stats.changed, "tree": stats.tree, "position": stats.position}
 
 
+def grf_change_correlations_bytes(d: int, n_starts: int, n_trajectories: int,
+                                  num_times: int) -> CorrelationBytes:
+    """Memory :func:`grf_change_correlations` needs, estimated before any work.
+
+    Every start, trajectory and noise level is computed at once (``vmap``), so the device
+    holds ``40·n_starts·n_trajectories·T·d`` bytes: per site the noisy field, the
+    posterior mean, noise and draw (float32), their half-length complex spectra and the
+    spins with their ``2d``-point FFT. The host holds ``16·n_starts·T·(d + log2 d + 3)``
+    (:func:`_statistics_bytes`).
+
+    Examples:
+      >>> grf_change_correlations_bytes(128, 24, 24, 3)
+      CorrelationBytes(device=8847360, host=158976)
+    """
+    levels = max(d.bit_length() - 1, 0)
+    return CorrelationBytes(40 * n_starts * n_trajectories * num_times * d,
+                            _statistics_bytes(n_starts, num_times, d, levels, False))
+
+
+#: Largest ``d`` of the Gaussian-field control: positions are int32, and ``d`` a power of 2.
+GRF_MAX_D = 2**30
+
+
 def grf_change_correlations(key: jax.Array, d: int, exponent: float, times, n_starts: int,
                             n_trajectories: int) -> ChangeCorrelations:
-    """The control without hierarchy (DESIGN.md §6): a periodic 1-D Gaussian random field.
+    """The control without hierarchy (``docs/theory/correlations.md``): a periodic 1-D
+    Gaussian random field.
 
     ``x0`` has power spectrum ``P_k ∝ k**(-exponent)`` (``P_0 = 0``, unit variance per
     site); Gaussian diffusion ``x_t = sqrt(ᾱ) x0 + sqrt(1 - ᾱ) η`` with ``ᾱ = 1 - t``; the
     exact posterior ``p(x0 | x_t)`` is Gaussian and diagonal in Fourier space, sampled
     mode by mode. Spins are sign changes ``σ_i = [sign(x̂0_i) ≠ sign(x0_i)]``. Trajectories
     follow the RHM convention (own forward noise and draw each, shared across levels).
-    ``d`` must be a power of 2 (the tree sums use ``s = 2`` blocks, for comparison only).
+    ``d`` must be a power of 2 up to ``2**30`` (the tree sums use ``s = 2`` blocks, for
+    comparison only). ``key`` is a PRNG key (typed or legacy), ``n_starts`` and
+    ``n_trajectories`` at least 2. A run that cannot fit in memory
+    (:func:`grf_change_correlations_bytes`) is refused before any work, with its size.
     """
+    key = check_key("key", key)
     d = check_int("d", d, minimum=2)
     if d & (d - 1):
         raise ValueError(f"d = {d} must be a power of 2")
@@ -541,6 +792,13 @@ def grf_change_correlations(key: jax.Array, d: int, exponent: float, times, n_st
     exponent = float(exponent)
     if not math.isfinite(exponent) or exponent < 0:
         raise ValueError(f"exponent = {exponent} must be a finite number >= 0")
+    _check_correlation_bytes(
+        f"grf_change_correlations(d={d}, n_starts={n_starts}, "
+        f"n_trajectories={n_trajectories}) with {_levels(times.size)}",
+        grf_change_correlations_bytes(d, n_starts, n_trajectories, times.size),
+        advice="lower d, n_starts, n_trajectories or the number of noise levels")
+    if d > GRF_MAX_D:
+        raise ValueError(f"d = {d} must be <= 2**30 (token positions are int32)")
     keys = jax.random.split(key, n_starts)
     run = jax.vmap(_grf_start, in_axes=(0, None, None, None, None))
     stats = jax.tree.map(np.asarray, run(keys, d, exponent, jnp.asarray(times, jnp.float32),

@@ -1,4 +1,5 @@
-"""Forward–backward experiments: the phase transition of denoising (DESIGN.md §4, §7).
+"""Forward–backward experiments: the phase transition of denoising
+(``docs/theory/phase_transition.md``, ``docs/theory/denoisers.md``).
 
 Take ``x0`` from the RHM, noise it to time ``t``, reconstruct ``x̂0`` and measure per level
 ``l``
@@ -41,9 +42,9 @@ import numpy as np
 
 from rhm_jax import bp
 from rhm_jax.stats import json_float
-from rhm_jax.validation import check_int, check_key
+from rhm_jax.validation import check_fits, check_int, check_key
 from rhm_jax.grammar import Grammar, check_grammar, sample_grammar, with_inverse_tables
-from rhm_jax.noise import EpsilonProcess
+from rhm_jax.noise import EpsilonProcess, Gaussian
 from rhm_jax.parsing import parse_unchecked
 from rhm_jax.sampling import sample_data_unchecked
 from rhm_jax.sharding import (DATA_AXIS, auto_axes, batch_sharding, data_mesh, pad_to_multiple,
@@ -66,14 +67,16 @@ class ForwardBackwardResult(NamedTuple):
       times: ``(T,)`` noise levels (ε for the ε-process, t for the others).
       marginal: ``(K, T, L+1)`` per-grammar mean of the marginal estimator; ``None`` for a
         denoiser other than exact BP (it needs the exact posterior marginals).
-      marginal_se: ``(K, T, L+1)`` its standard error over data (``None`` with it).
+      marginal_se: ``(K, T, L+1)`` its standard error over data (``None`` with it; NaN
+        for one datum, which has no spread).
       sampled: ``(K, T, L+1)`` per-grammar mean of the sampled estimator (an invalid node
         of ``x̂0`` counts as changed).
-      sampled_se: ``(K, T, L+1)`` its standard error over data.
+      sampled_se: ``(K, T, L+1)`` its standard error over data (NaN for one datum).
       n_data: data per grammar and noise level.
       per_level_validity: ``(K, T, L+1)`` mean fraction of the nodes of ``x̂0`` that are
         valid (their subtree is produced by the rules); 1 for exact BP.
-      per_level_validity_se: ``(K, T, L+1)`` its standard error over data.
+      per_level_validity_se: ``(K, T, L+1)`` its standard error over data (NaN for one
+        datum).
     """
 
     times: np.ndarray
@@ -167,7 +170,12 @@ def bp_reconstruction(grammar, keys, loglik, latents):
 
 
 def call_denoiser(denoiser, params, key, x_t, t, config):
-    """``denoiser(params, key, x_t, t)``, its output checked (at trace time) and int32."""
+    """``denoiser(params, key, x_t, t)``, its output checked (at trace time) and int32.
+
+    Tokens outside ``[0, v)`` are invalid leaves; a value that int32 cannot hold (from a
+    wider integer dtype, e.g. int64 with ``jax_enable_x64``) becomes ``-1``, invalid
+    too, rather than wrapping to a token (``2**32 + 3`` is not ``3``).
+    """
     x_hat = denoiser(params, key, x_t, t)
     shape, dtype = jnp.shape(x_hat), jnp.result_type(x_hat)
     want = (x_t.shape[0], config.d)
@@ -175,6 +183,10 @@ def call_denoiser(denoiser, params, key, x_t, t, config):
         raise ValueError(f"denoiser returned a {dtype} array of shape {shape}; it must return "
                          f"integer tokens of shape (c, d) = {want} for x_t of shape "
                          f"{tuple(x_t.shape)}")
+    info = jnp.iinfo(dtype)
+    if info.min < -(2**31) or info.max >= 2**31:  # traced: values cannot be checked here
+        fits = (x_hat < 2**31) if info.min >= 0 else (x_hat >= -(2**31)) & (x_hat < 2**31)
+        x_hat = jnp.where(fits, x_hat, -1)
     return x_hat.astype(jnp.int32)
 
 
@@ -231,8 +243,10 @@ def _estimate(weights, grammars, latents, evidence, post_keys, times, params, de
     ``(K, T, 3, 2, L+1)``, summed over the whole mesh.
 
     Grammars run one after the other (``lax.map``): each already has a batch of ``n * T``
-    data, and BP with one grammar's rules traces and runs faster than BP vmapped over a
-    stack of rules (measured 1.3x per chunk on CPU, 2x faster tracing).
+    data, so vmapping over grammars adds no parallelism, while BP with one grammar's rules
+    gathers from plain tables where a vmapped stack needs batched gathers, which trace and
+    run slower. To measure it, time ``python benchmarks/bench_phase.py --quick`` (several
+    grammars a call) with ``jax.lax.map`` here replaced by ``jax.vmap``.
     """
     def one_grammar(inputs):
         grammar, latents, evidence = inputs
@@ -285,8 +299,25 @@ def _sweep_chunk(keys, weights, grammars, process, times, params, mesh, denoiser
                            mesh, denoiser)
 
 
+#: Data (or starts) are told apart by ``fold_in(key, i)`` with a uint32 ``i``: beyond
+#: ``2**32`` they would repeat.
+MAX_DATA = 2**32
+
+
+def check_data_count(name: str, value, minimum: int) -> int:
+    """A number of data (or starts) ``>= minimum`` and at most :data:`MAX_DATA`."""
+    value = check_int(name, value, minimum=minimum)
+    if value > MAX_DATA:
+        raise ValueError(f"{name} = {value} must be <= 2**32: each is told apart by a uint32 "
+                         "index (fold_in), so more would repeat")
+    return value
+
+
 def check_sweep_args(key, grammar, process, times, n_data, chunk_size, max_batch, denoiser,
-                denoiser_params):
+                     denoiser_params):
+    """The checks shared by :func:`forward_backward` and
+    :func:`rhm_jax.correlations.change_correlations`, before any work: returns ``(key
+    (typed), times (float64), n_data, chunk_size, max_batch)``."""
     key = check_key("key", key)
     if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jax.random.wrap_key_data(key)  # a legacy raw key: same draws, typed
@@ -299,7 +330,7 @@ def check_sweep_args(key, grammar, process, times, n_data, chunk_size, max_batch
         raise ValueError(f"times must be a non-empty 1-d array, got shape {times.shape}")
     if np.any(~np.isfinite(times)) or times.min() < 0 or times.max() > 1:
         raise ValueError(f"times must lie in [0, 1], got values in [{times.min()}, {times.max()}]")
-    n_data = check_int("n_data", n_data, minimum=1)
+    n_data = check_data_count("n_data", n_data, minimum=1)
     max_batch = check_int("max_batch", max_batch, minimum=1)
     if chunk_size is not None:
         chunk_size = check_int("chunk_size", chunk_size, minimum=1)
@@ -323,6 +354,37 @@ def check_sweep_args(key, grammar, process, times, n_data, chunk_size, max_batch
     return key, times, n_data, chunk_size, max_batch
 
 
+def forward_backward_bytes(config, num_grammars: int, num_times: int, chunk_size: int, *,
+                           exact: bool = True, gaussian: bool = False,
+                           platform: str | None = None) -> int:
+    """Bytes one compiled call of :func:`forward_backward` needs on a device, estimated
+    before any work.
+
+    With ``K`` grammars, ``T`` noise levels, ``c = chunk_size`` data on the device,
+    ``N = (s**(L+1) - 1)/(s - 1)`` nodes and ``r = T·max(1, bp.default_chunk_size(config,
+    c·T) // T)`` rows per reconstruction step:
+    ``4·K·c·T·e`` (the observations: ``e = d·v`` leaf log-likelihoods for exact BP or
+    Gaussian ``x_t``, ``e = d`` tokens otherwise) ``+ 4·K·c·N`` (the data's latents)
+    ``+ r·4·v·(d + 3N)`` (one BP step: leaf log-likelihoods, then upward messages,
+    downward messages and marginals at every node; ``r·12·N`` for a denoiser, whose own
+    memory is not known here: the parse of its output).
+
+    Examples:
+      >>> from rhm_jax import RHMConfig
+      >>> forward_backward_bytes(RHMConfig(v=8, m=2, s=2, L=3), 1, 2, 64, platform="cpu")
+      253696
+    """
+    from rhm_jax.bp import default_chunk_size
+
+    d, v = config.d, config.v
+    nodes = (config.s ** (config.L + 1) - 1) // (config.s - 1)
+    per_observation = d * v if exact or gaussian else d
+    rows = num_times * max(1, default_chunk_size(config, chunk_size * num_times,
+                                                 platform=platform) // num_times)
+    step = rows * (4 * v * (d + 3 * nodes) if exact else 12 * nodes)
+    return int(4 * num_grammars * chunk_size * (num_times * per_observation + nodes) + step)
+
+
 def forward_backward(key: jax.Array, grammar: Grammar, process, times, n_data: int, *,
                      denoiser: Denoiser | None = None, denoiser_params: Any = None,
                      chunk_size: int | None = None, max_batch: int = 2048,
@@ -331,7 +393,8 @@ def forward_backward(key: jax.Array, grammar: Grammar, process, times, n_data: i
     """Forward–backward experiment: ``P_l(t)`` for every level and noise level.
 
     ``x̂0`` is an exact BP posterior draw (default) or the output of ``denoiser``; the
-    latents of ``x̂0`` come from :func:`rhm_jax.parse` in both cases (DESIGN.md §4, §7).
+    latents of ``x̂0`` come from :func:`rhm_jax.parse` in both cases
+    (``docs/theory/phase_transition.md``, ``docs/theory/denoisers.md``).
 
     Args:
       key: PRNG key; the data, noise and reconstructions of datum ``i`` use
@@ -343,7 +406,8 @@ def forward_backward(key: jax.Array, grammar: Grammar, process, times, n_data: i
         :func:`sample_grammars`) for the quenched average over rules.
       process: a noise process of :mod:`rhm_jax.noise` built for ``grammar.config``.
       times: ``(T,)`` noise levels in ``[0, 1]`` (ε for the ε-process).
-      n_data: data per grammar and noise level.
+      n_data: data per grammar and noise level, in ``[1, 2**32]`` (one datum has no
+        standard error: NaN).
       denoiser: ``None`` for exact BP posterior sampling, or a :data:`Denoiser`
         ``denoise(params, key, x_t, t) -> x̂0`` (static: pass the same function object
         to reuse the compiled program). Needs a sampled process (not the ε-process).
@@ -351,7 +415,9 @@ def forward_backward(key: jax.Array, grammar: Grammar, process, times, n_data: i
       denoiser_params: the pytree passed as ``params`` (replicated over the mesh).
       chunk_size: data per compiled call; default ``max_batch // (K * T)`` (at least one
         per device), rounded up to a multiple of the device count.
-      max_batch: bound on ``K * T * chunk_size``, which sets the memory of one call.
+      max_batch: bound on ``K * T * chunk_size``, which sets the memory of one call (a
+        call that cannot fit, by :func:`forward_backward_bytes`, is refused before any
+        work, with its size).
       mesh: device mesh with a ``"data"`` axis (default: all devices); explicit axes
         (``jax.make_mesh``'s default) are used as auto ones.
       progress: show a progress bar over chunks.
@@ -384,6 +450,13 @@ def forward_backward(key: jax.Array, grammar: Grammar, process, times, n_data: i
     if chunk_size is None:
         chunk_size = max(1, max_batch // (num_grammars * len(times)))
     chunk_size = pad_to_multiple(min(chunk_size, pad_to_multiple(n_data, num_devices)), num_devices)
+    cfg = grammar.config
+    check_fits(f"forward_backward: one compiled call of {chunk_size} data x {len(times)} noise "
+               f"levels x {num_grammars} grammars at d = {cfg.s}**{cfg.L}",
+               forward_backward_bytes(cfg, num_grammars, len(times), chunk_size // num_devices,
+                                      exact=denoiser is None,
+                                      gaussian=isinstance(process, Gaussian)),
+               advice="lower max_batch (or chunk_size), or L")
     num_chunks = math.ceil(n_data / chunk_size)
     dtype = jnp.zeros(()).dtype
     times_arr = jnp.asarray(times, dtype)
@@ -407,7 +480,8 @@ def forward_backward(key: jax.Array, grammar: Grammar, process, times, n_data: i
         totals += np.asarray(sums, np.float64)
     mean = totals[..., 0, :] / n_data
     var = np.maximum(totals[..., 1, :] / n_data - mean**2, 0.0)
-    se = np.sqrt(var / max(n_data - 1, 1))
+    # One datum has no spread: its error is undetermined (NaN), not 0.
+    se = np.sqrt(var / (n_data - 1)) if n_data > 1 else np.full(mean.shape, np.nan)
     exact = denoiser is None
     return ForwardBackwardResult(
         times, mean[:, :, 0] if exact else None, se[:, :, 0] if exact else None,
@@ -425,7 +499,9 @@ def to_rows(result: ForwardBackwardResult, config, process_name: str, **extra) -
     """Tidy rows: one per noise level × level, averaged over grammars, with error bars.
 
     ``P_marginal*`` are ``None`` when the result has no marginal estimator (a denoiser
-    other than exact BP); ``valid`` is the fraction of valid nodes of ``x̂0``.
+    other than exact BP); ``valid`` is the fraction of valid nodes of ``x̂0``. Every float
+    goes through :func:`rhm_jax.stats.json_float`: a value that is NaN (an error from one
+    datum or one grammar) is ``None``, never a bare NaN in a JSON row.
     """
     rows = []
     empty = np.full((len(result.times), config.L + 1), np.nan)
@@ -442,12 +518,14 @@ def to_rows(result: ForwardBackwardResult, config, process_name: str, **extra) -
                 "level": level, "P_marginal": json_float(marg[ti, level]),
                 "P_marginal_se": json_float(marg_se[ti, level]),
                 "P_marginal_se_grammars": json_float(marg_se_total[ti, level]),
-                "P_sampled": float(samp[ti, level]), "P_sampled_se": float(samp_se[ti, level]),
+                "P_sampled": json_float(samp[ti, level]),
+                "P_sampled_se": json_float(samp_se[ti, level]),
                 "P_sampled_se_grammars": json_float(samp_se_total[ti, level]),
-                "valid": float(valid[ti, level]), "valid_se": float(valid_se[ti, level]),
+                "valid": json_float(valid[ti, level]),
+                "valid_se": json_float(valid_se[ti, level]),
                 "valid_se_grammars": json_float(valid_se_total[ti, level]),
                 "chance": 1.0 / (config.n_classes if level == 0 else config.v),
-                "changed_tokens": float(1.0 - samp[ti, -1]),
+                "changed_tokens": json_float(1.0 - samp[ti, -1]),
                 "n_data": result.n_data, "n_grammars": k, **extra})
     return rows
 

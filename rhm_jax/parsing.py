@@ -1,4 +1,5 @@
-"""Bottom-up parsing of token sequences into the latent tree of the RHM (DESIGN.md §1, §7).
+"""Bottom-up parsing of token sequences into the latent tree of the RHM
+(``docs/theory/model.md``, ``docs/theory/denoisers.md``).
 
 Inside a level no s-tuple belongs to two (symbol, rule) slots, so a tuple of child symbols
 has at most one parent: parsing is deterministic, one level at a time from the tokens up.
@@ -17,8 +18,7 @@ Lookup of a tuple's slot ``a * m + psi``. Each tuple is coded as the big-endian 
 * ``"compare"``: by comparing each tuple with every rule, ``(n, nodes, n_l * m)``
   booleans — only for ``v**s >= 2**31``, where codes overflow int32.
 
-``"auto"`` picks the first that applies. Measured at (32, 8, 2, 9), batch 1024, on the
-shared 2-core CPU: see ``parse``'s docstring.
+``"auto"`` picks the first that applies; ``parse``'s docstring compares their costs.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from rhm_jax.grammar import Grammar, check_grammar
+from rhm_jax.validation import as_array, check_int_values
 
 #: Symbol and rule choice given to invalid nodes.
 INVALID: int = -1
@@ -38,6 +39,7 @@ INVALID: int = -1
 TABLE_LIMIT: int = 2**20
 
 _CODE_LIMIT = 2**31  # codes must fit in int32
+_INT32_MIN, _INT32_END = -(2**31), 2**31  # tokens are parsed as int32: any int32 value is legal
 METHODS = ("auto", "table", "search", "compare")
 
 
@@ -108,9 +110,10 @@ def parse_unchecked(grammar: Grammar, tokens: jax.Array, method: str = "auto") -
     valid = (symbols >= 0) & (symbols < cfg.v)
     latents, valids, choices = [symbols], [valid], []
     for level in range(cfg.L - 1, -1, -1):
-        children = jnp.where(valid, symbols, 0).reshape(n, -1, cfg.s)
+        nodes = cfg.s**level  # explicit: an empty batch cannot infer a -1 axis
+        children = jnp.where(valid, symbols, 0).reshape(n, nodes, cfg.s)
         slot = _slots(grammar.rules[level], children, cfg.v, method)
-        valid = jnp.all(valid.reshape(n, -1, cfg.s), axis=-1) & (slot >= 0)
+        valid = jnp.all(valid.reshape(n, nodes, cfg.s), axis=-1) & (slot >= 0)
         symbols = jnp.where(valid, slot // cfg.m, INVALID)
         latents.insert(0, symbols)
         valids.insert(0, valid)
@@ -127,24 +130,35 @@ def parse(grammar: Grammar, tokens, *, method: str = "auto") -> Parse:
     """Parses sequences bottom-up into the symbols of every level and a validity mask.
 
     Rules are unambiguous, so each valid s-tuple of a level has exactly one parent
-    (DESIGN.md §1). Tokens outside ``[0, v)`` (e.g. the mask token ``v``) are accepted and
-    make their leaf, and every ancestor, invalid. Jitted (``method`` static); the
-    traceable core runs inside other jitted code and under ``jax.vmap`` over grammars.
+    (``docs/theory/model.md``). Tokens outside ``[0, v)`` (e.g. the mask token ``v``, or
+    ``-1``) are accepted and make their leaf, and every ancestor, invalid; they must be
+    int32 values, and are checked as given before the int32 cast (``2**32 + 3`` is
+    refused, not read as ``3``). Jitted (``method`` static); the traceable core
+    (:func:`parse_unchecked`) runs inside other jitted code and under ``jax.vmap`` over
+    grammars.
 
-    Cost at (32, 8, 2, 9), 1024 sequences, on the shared 2-core CPU (median of warm
-    calls, load ~4): ``"table"`` 4.4 ms, ``"search"`` 23 ms, ``"compare"`` 360 ms (every
-    tuple against every rule, as :func:`~rhm_jax.sampling.digits_from_tokens` used to
-    parse: 290 ms). The table costs ``v**s`` int32 per level, built inside the call.
+    Cost: ``"table"`` is one gather per node, ``"search"`` a binary search in the
+    ``n_l * m`` rule codes per node, ``"compare"`` every tuple against every rule, so
+    they are fastest to slowest in that order (the table costs ``v**s`` int32 per level,
+    built inside the call). To measure them on a machine, time warm calls of
+    ``parse(g, x, method=m).valid[0].block_until_ready()`` for each ``m``, e.g. with
+    ``python -m timeit`` on a batch of 1024 sequences of (32, 8, 2, 9).
 
     Args:
       grammar: the rules, one grammar (``(n_l, m, s)`` rule arrays; ``jax.vmap`` over a
         stack).
-      tokens: ``(n, d)`` or ``(d,)`` integer sequences.
+      tokens: ``(n, d)`` or ``(d,)`` integer sequences (an array, or nested lists of ints
+        as NumPy reads them); ``n = 0`` gives empty levels.
       method: ``"auto"``, ``"table"``, ``"search"`` or ``"compare"`` (module docstring);
         the result does not depend on it.
 
     Returns:
       :class:`Parse` (without the batch axis for ``(d,)`` input).
+
+    Raises:
+      TypeError: ``tokens`` are not integers (floats are not truncated).
+      ValueError: a shape other than ``(d,)`` or ``(n, d)``, a ragged list, or a value
+        outside int32.
 
     Examples:
       >>> import jax
@@ -160,14 +174,17 @@ def parse(grammar: Grammar, tokens, *, method: str = "auto") -> Parse:
     """
     cfg = check_grammar(grammar).config  # one grammar: map a stack with jax.vmap
     resolve_method(cfg, method)
-    dtype = jnp.result_type(tokens)
-    if dtype == jnp.bool_ or not jnp.issubdtype(dtype, jnp.integer):
-        raise TypeError(f"tokens must have an integer dtype, got {dtype}")
+    tokens = as_array("tokens", tokens)
     shape = tuple(jnp.shape(tokens))
     if len(shape) not in (1, 2) or shape[-1] != cfg.d:
         raise ValueError(f"tokens has shape {shape}, but must be (d,) or (n, d) with "
                          f"d = s**L = {cfg.d}")
-    tokens = jnp.asarray(tokens)
+    dtype = tokens.dtype  # as given: jnp.result_type would canonicalise int64 to int32
+    if (jnp.issubdtype(dtype, jnp.integer) and dtype != jnp.bool_
+            and jnp.iinfo(dtype).min >= _INT32_MIN and jnp.iinfo(dtype).max < _INT32_END):
+        tokens = jnp.asarray(tokens, jnp.int32)  # every value of the dtype is an int32
+    else:  # wider integers are range-checked before the cast; other dtypes refused
+        tokens = check_int_values("tokens", tokens, _INT32_MIN, _INT32_END)
     if tokens.ndim == 1:
         return jax.tree.map(lambda x: x[0], _parse_jit(grammar, tokens[None], method))
     return _parse_jit(grammar, tokens, method)

@@ -1,4 +1,5 @@
-"""Sampling RHM data, and the exact bijection between data and ``[0, P_max)`` (DESIGN.md §1).
+"""Sampling RHM data, and the exact bijection between data and ``[0, P_max)``
+(``docs/theory/model.md``).
 
 A datum is fixed by its class and the rule index ``psi`` chosen at each of the
 ``(s**L - 1)/(s - 1)`` internal nodes; since the grammar is unambiguous this is a bijection.
@@ -53,7 +54,8 @@ def _expand(grammar: Grammar, classes: jax.Array, psi: jax.Array) -> tuple:
         offset += width
         flat_rules = grammar.rules[level].reshape(-1, cfg.s)
         # mode="clip": indices are in range by construction, and the default "fill" mode
-        # makes XLA's compile time grow exponentially with L (10 s at L = 15).
+        # makes XLA's compile time grow exponentially with L (time the first call of
+        # sample_data at L = 12, 15 with mode="fill" to see it).
         children = jnp.take(flat_rules, symbols * cfg.m + choice, axis=0, mode="clip")
         symbols = children.reshape(children.shape[0], width * cfg.s)
         latents.append(symbols)

@@ -1,9 +1,10 @@
-"""Mean-field theory of the ε-process (DESIGN.md §5).
+"""Mean-field theory of the ε-process (``docs/theory/mean_field.md``).
 
 Host-side float64 NumPy, vectorised over arrays of noise levels ``eps``; nothing here is
-traced by JAX. Notation follows DESIGN.md §5: ``p_l`` is the average upward belief on the
-true symbol at level ``l`` (level 0 = root/class, level ``L`` = tokens), the leaves start
-at ``p_L = 1 - ε + ε/v`` and every level up applies ``p_{l-1} = F(p_l)`` with
+traced by JAX. Notation follows ``docs/theory/mean_field.md``: ``p_l`` is the average
+upward belief on the true symbol at level ``l`` (level 0 = root/class, level ``L`` =
+tokens), the leaves start at ``p_L = 1 - ε + ε/v`` and every level up applies
+``p_{l-1} = F(p_l)`` with
 
     F(p) = [p**s + c(1 - p**s)] / [p**s + f~(1 - p**s)],
     c = (m-1)/(v**s-1),  f~ = (m*v-1)/(v**s-1).
@@ -20,7 +21,7 @@ width of the transition shrinks like ``F'(p*)**(-L)`` (corrections are relativel
 
 The helpers :func:`level_crossing`, :func:`midpoint_crossing`, :func:`curve_width` and
 :func:`extrapolate_threshold` work on arbitrary sampled curves, so the same analysis
-applies to measured BP curves (DESIGN.md §4).
+applies to measured BP curves (``docs/theory/phase_transition.md``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from typing import NamedTuple
 import numpy as np
 
 from rhm_jax.config import RHMConfig
+from rhm_jax.validation import check_int, describe
 
 _BISECTION_STEPS = 200  # more than float64 needs; the loop exits when the bracket stops shrinking
 _ROOT_SCAN_POINTS = 4097  # grid that brackets the interior fixed points before bisection
@@ -58,6 +60,15 @@ def _check_int(name: str, value, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{name} = {value} must be >= {minimum}")
     return int(value)
+
+
+def _check_finite(name: str, value) -> float:
+    """A finite real number (not a bool), as a float."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a finite number, got {describe(value)}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} = {value} must be finite")
+    return float(value)
 
 
 def _check_eps(eps) -> np.ndarray:
@@ -87,7 +98,8 @@ def _bisect(func, lo: float, hi: float) -> float:
 
 
 def p_star_s2(v: int, m: int) -> float:
-    """Closed-form unstable fixed point for ``s = 2``: ``p* = (m-1)/(v-m)`` (DESIGN.md §5).
+    """Closed-form unstable fixed point for ``s = 2``: ``p* = (m-1)/(v-m)``
+    (``docs/theory/mean_field.md``).
 
     For ``s = 2``, ``F(p) = p`` is a cubic with roots ``1``, ``1/v`` and ``(m-1)/(v-m)``
     (the product of the roots is ``(m-1)/(v(v-m))``). The value is returned as it is, even
@@ -107,7 +119,8 @@ def p_star_s2(v: int, m: int) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class MeanField:
-    """Mean-field map of the ε-process for an RHM with ``n_classes = v`` (DESIGN.md §5).
+    """Mean-field map of the ε-process for an RHM with ``n_classes = v``
+    (``docs/theory/mean_field.md``).
 
     Args:
       v: vocabulary size.
@@ -144,7 +157,8 @@ class MeanField:
         if config.n_classes != config.v:
             raise ValueError(
                 f"n_classes = {config.n_classes} differs from v = {config.v}: the mean-field "
-                "map of DESIGN.md §5 assumes the root has the same alphabet as the levels below"
+                "map (docs/theory/mean_field.md) assumes the root has the same alphabet as "
+                "the levels below"
             )
         return cls(v=config.v, m=config.m, s=config.s)
 
@@ -166,7 +180,8 @@ class MeanField:
 
     # ---- the map and its derivative ---------------------------------------------------
     def F(self, p):
-        """``F(p) = [p**s + c(1-p**s)] / [p**s + f~(1-p**s)]`` elementwise (DESIGN.md §5)."""
+        """``F(p) = [p**s + c(1-p**s)] / [p**s + f~(1-p**s)]`` elementwise
+        (``docs/theory/mean_field.md``)."""
         x = np.asarray(p, dtype=np.float64) ** self.s
         return (x + self.c * (1.0 - x)) / (x + self.f_tilde * (1.0 - x))
 
@@ -246,7 +261,8 @@ class MeanField:
 
     @property
     def has_transition(self) -> bool:
-        """Whether the class has a noise threshold: ``F'(1) < 1`` (DESIGN.md §5).
+        """Whether the class has a noise threshold: ``F'(1) < 1``
+        (``docs/theory/mean_field.md``).
 
         The inequality is tested in exact integers, ``s·m(v-1) < v**s - 1``, so
         configurations with ``F'(1) = 1`` exactly are classified without rounding. It
@@ -268,7 +284,8 @@ class MeanField:
 
     @property
     def nu(self) -> float:
-        """Correlation-length exponent ``ν = ln s / ln F'(p*)`` (DESIGN.md §6)."""
+        """Correlation-length exponent ``ν = ln s / ln F'(p*)``
+        (``docs/theory/correlations.md``)."""
         return math.log(self.s) / math.log(self.slope_at_p_star)
 
     # ---- noise <-> leaf belief ----------------------------------------------------------
@@ -286,7 +303,7 @@ class MeanField:
         """Bottom-up ``p_l(ε)`` and top-down ``q_l(ε)`` for every level of a depth-``L`` tree.
 
         ``p_L = 1 - ε + ε/v``, ``p_{l-1} = F(p_l)``; ``q_0 = p_0``,
-        ``q_l = q_{l-1}·A(p_l) + (1-q_{l-1})·B(p_l)`` (DESIGN.md §5).
+        ``q_l = q_{l-1}·A(p_l) + (1-q_{l-1})·B(p_l)`` (``docs/theory/mean_field.md``).
 
         Args:
           eps: noise levels in ``[0, 1]``, any shape.
@@ -341,7 +358,8 @@ class MeanField:
 
         With the normalised class curve ``(p_0 - 1/v)/(1 - 1/v)`` falling from 1 to 0,
         the width is ``ε(lower) - ε(upper)`` (10%–90% by default), computed exactly by
-        :meth:`eps_at_class_belief`. It shrinks like ``F'(p*)**(-L)`` (DESIGN.md §5).
+        :meth:`eps_at_class_belief`. It shrinks like ``F'(p*)**(-L)``
+        (``docs/theory/mean_field.md``).
         """
         chance = 1.0 / self.v
         levels = chance + np.array([lower, upper]) * (1.0 - chance)
@@ -404,8 +422,10 @@ def level_crossing(eps, curve, level: float) -> float:
       level: the value to cross.
 
     Returns:
-      The crossing ε, or NaN if the curve never falls through ``level``.
+      The crossing ε, or NaN if the curve never falls through ``level`` (a non-finite
+      ``level`` is refused: no curve crosses it).
     """
+    level = _check_finite("level", level)
     eps, curve = _sampled_curve(eps, curve)
     above = curve >= level
     falls = np.flatnonzero(above[:-1] & ~above[1:])
@@ -420,7 +440,8 @@ def midpoint_crossing(eps, curve, low: float, high: float) -> float:
     """ε where a sampled decreasing curve crosses ``(low + high)/2`` (NaN if it does not).
 
     Use ``low = 1/v``, ``high = 1`` on a class curve to get the threshold ``ε_1/2(L)``,
-    for theory curves and measured BP curves alike (DESIGN.md §4–§5).
+    for theory curves and measured BP curves alike (``docs/theory/phase_transition.md``,
+    ``docs/theory/mean_field.md``).
 
     Examples:
       >>> eps = np.linspace(0.0, 1.0, 11)
@@ -438,7 +459,14 @@ def curve_width(
     The curve is normalised as ``(curve - low)/(high - low)`` and the width is the ε at
     which it crosses ``lower`` minus the ε at which it crosses ``upper`` (10%–90% by
     default), each by :func:`level_crossing`. NaN if either crossing is missing.
+    ``low``, ``high``, ``lower`` and ``upper`` must be finite with ``low != high`` (the
+    normalisation divides by ``high - low``); anything else is refused.
     """
+    for name, value in (("low", low), ("high", high), ("lower", lower), ("upper", upper)):
+        _check_finite(name, value)
+    if high == low:
+        raise ValueError(f"high = low = {low}: the curve's range must not be empty (it is "
+                         "normalised by high - low)")
     eps, curve = _sampled_curve(eps, curve)
     normalised = (curve - low) / (high - low)
     return level_crossing(eps, normalised, lower) - level_crossing(eps, normalised, upper)
@@ -448,21 +476,25 @@ def extrapolate_threshold(L_values, eps_half_values, growth_factor: float) -> fl
     """Infinite-depth threshold from finite-depth ones, ``ε_1/2(L) = ε_∞ + A·λ**(-L)``.
 
     Linear least squares in ``(ε_∞, A)`` with ``λ = growth_factor`` given (the theory's
-    ``F'(p*)``, DESIGN.md §5). Non-finite thresholds are dropped.
+    ``F'(p*)``, ``docs/theory/mean_field.md``). Non-finite thresholds are dropped.
 
     Args:
-      L_values: depths, shape ``(n,)``.
+      L_values: depths, shape ``(n,)``: integers ``>= 1`` (a NaN or fractional depth is
+        refused, not fitted).
       eps_half_values: thresholds measured at those depths, shape ``(n,)``.
-      growth_factor: ``λ > 1``.
+      growth_factor: ``λ > 1``, finite.
 
     Returns:
       ``ε_∞``.
     """
-    L_values = np.asarray(L_values, dtype=np.float64)
+    given = L_values.tolist() if isinstance(L_values, np.ndarray) else L_values
     eps_half = np.asarray(eps_half_values, dtype=np.float64)
-    if L_values.shape != eps_half.shape or L_values.ndim != 1:
+    if np.shape(given) != eps_half.shape or np.ndim(given) != 1:
         raise ValueError(f"L_values and eps_half_values must be 1-D of the same length, got "
-                         f"{L_values.shape} and {eps_half.shape}")
+                         f"{np.shape(given)} and {eps_half.shape}")
+    L_values = np.array([check_int(f"L_values[{i}]", L, minimum=1)
+                         for i, L in enumerate(given)], dtype=np.float64)
+    growth_factor = _check_finite("growth_factor", growth_factor)
     if not growth_factor > 1.0:
         raise ValueError(f"growth_factor = {growth_factor} must be > 1")
     keep = np.isfinite(eps_half)

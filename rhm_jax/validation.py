@@ -232,3 +232,26 @@ def check_tokens(name: str, tokens, d: int, num_values: int, *, batched: bool = 
             offending = array.min() if array.min() < 0 else array.max()
             raise ValueError(f"{name} contains {offending}, but values must lie in [0, {num_values})")
     return jnp.asarray(tokens, dtype=jnp.int32)
+
+
+def as_array(name: str, value):
+    """``value`` unchanged when it is an array (NumPy, JAX, or traced), else read as NumPy
+    reads it (``np.asarray``): nested lists of ints become an integer array.
+
+    Raises:
+      ValueError: a ragged nesting (``tokens must be a rectangular array, got list ...``).
+
+    Examples:
+      >>> as_array("tokens", [[1, 2], [3, 4]]).dtype.kind
+      'i'
+    """
+    if isinstance(value, (np.ndarray, jax.Array)) or _is_traced(value):
+        return value
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError):
+        raise ValueError(f"{name} must be a rectangular array (lists of equal lengths), got "
+                         f"{describe(value)}") from None
+
+
+__all__.append("as_array")

@@ -4,7 +4,7 @@ An objective ties a noise process of :mod:`rhm_jax.noise` (which owns the forwar
 and its schedule — nothing here re-implements them) to a loss on a network's per-token
 outputs ``(n, d, v)``. A *predictor* is any function ``predict(x_t, t) -> outputs``: a
 network, or BP itself through :meth:`Objective.bp_predictor`, which puts the exact
-denoiser in the network's place (DESIGN.md §7) — the loss at that point is the floor a
+denoiser in the network's place (``docs/theory/denoisers.md``) — the loss at that point is the floor a
 network can reach, and for masking it must equal ``log P_max`` nats per sequence.
 
 =====================  ============================  ========================================
@@ -38,7 +38,7 @@ from rhm_jax import bp
 from rhm_jax.noise import safe_log, Gaussian, Masking, UniformSubstitution
 
 __all__ = ["MaskedELBO", "D3PMBound", "GaussianX0", "GaussianEps", "make_objective",
-           "OBJECTIVES", "PROCESS_OF_OBJECTIVE", "objectives_of"]
+           "OBJECTIVES", "PROCESS_OF_OBJECTIVE", "OPTIONS_OF_OBJECTIVE", "objectives_of"]
 
 Predictor = Callable[[Array, Array], Array]
 
@@ -97,7 +97,7 @@ def _bp_leaf_marginals(grammar, process, x_t, t):
 
 @dataclasses.dataclass(frozen=True)
 class MaskedELBO:
-    """Continuous-time NELBO of masked diffusion (MD4 / MDLM), DESIGN.md §7.
+    """Continuous-time NELBO of masked diffusion (MD4 / MDLM), ``docs/theory/denoisers.md``.
 
     ``NELBO(x0) = E_t[ -α'_t/(1-α_t) · Σ_{i masked} log p_θ(x0_i | x_t) ]`` with ``α_t``
     the process's keep probability (weight ``1/t`` for ``α_t = 1 - t``). The optimal output
@@ -165,7 +165,8 @@ class MaskedELBO:
 
 @dataclasses.dataclass(frozen=True)
 class D3PMBound:
-    """The D3PM variational bound for uniform substitution, x0-parameterised (DESIGN.md §7).
+    """The D3PM variational bound for uniform substitution, x0-parameterised
+    (``docs/theory/denoisers.md``).
 
     On the schedule's ``T`` discrete steps (``t_k = k/T``): draw ``k`` uniformly in
     ``1..T`` and estimate ``L = T·E_k[L_{k-1}] + L_T`` per sequence, with
@@ -192,7 +193,8 @@ class D3PMBound:
     def __post_init__(self):
         _check_process(self.process, UniformSubstitution, "D3PMBound")
         object.__setattr__(self, "num_steps", _discrete_steps(self.process, self.num_steps))
-        if not (isinstance(self.ce_weight, (int, float)) and math.isfinite(self.ce_weight)
+        if isinstance(self.ce_weight, bool) or not (
+                isinstance(self.ce_weight, (int, float)) and math.isfinite(self.ce_weight)
                 and self.ce_weight >= 0):
             raise ValueError(f"ce_weight = {self.ce_weight!r} must be a finite number >= 0")
         object.__setattr__(self, "ce_weight", float(self.ce_weight))
@@ -275,7 +277,8 @@ class _GaussianBase:
 
 @dataclasses.dataclass(frozen=True)
 class GaussianX0(_GaussianBase):
-    """Cross-entropy of ``x0`` under Gaussian noise on one-hot tokens (DESIGN.md §7).
+    """Cross-entropy of ``x0`` under Gaussian noise on one-hot tokens
+    (``docs/theory/denoisers.md``).
 
     ``Σ_i -log p_θ(x0_i | x_t)`` at a stratified step of the schedule; its optimum is the
     BP leaf marginal with leaf message ``softmax(√ᾱ_t x_t / (1 - ᾱ_t))`` and its floor the
@@ -356,6 +359,11 @@ class GaussianEps(_GaussianBase):
         return 0.0
 
 
+#: The options of :func:`make_objective` each objective uses (``schedule`` is every one's).
+OPTIONS_OF_OBJECTIVE = {"masked_elbo": (), "d3pm": ("num_steps", "ce_weight"),
+                        "gaussian_x0": ("num_steps",), "gaussian_eps": ("num_steps",)}
+
+
 def make_objective(name: str, config, *, schedule=None, num_steps: int | None = None,
                    ce_weight: float = 0.0):
     """The objective called ``name`` (see :data:`OBJECTIVES`) with its noise process.
@@ -363,15 +371,37 @@ def make_objective(name: str, config, *, schedule=None, num_steps: int | None = 
     Default schedules: masking ``α_t = 1 - t``; uniform substitution the RHM diffusion
     study's linear β (:meth:`~rhm_jax.schedules.LinearBeta.rhm`, T = 200); Gaussian DDPM's
     linear β (T = 1000).
+
+    An option the objective does not use is refused rather than ignored
+    (:data:`OPTIONS_OF_OBJECTIVE`): ``num_steps`` (the ``T`` of a discrete-time loss) is
+    for ``d3pm`` and the Gaussian objectives, not for masking's continuous-time ELBO;
+    ``ce_weight`` (D3PM's auxiliary cross-entropy) is for ``d3pm`` only. Their defaults,
+    ``num_steps=None`` and ``ce_weight=0.0``, are accepted by every objective.
+
+    Examples:
+      >>> from rhm_jax import RHMConfig
+      >>> make_objective("masked_elbo", RHMConfig(v=8, m=2, s=2, L=3), ce_weight=5.0)
+      Traceback (most recent call last):
+      ...
+      ValueError: ce_weight = 5.0 is not used by the 'masked_elbo' objective (only by 'd3pm'): leave it at its default 0.0
     """
     from rhm_jax.schedules import LinearAlphaBar, LinearBeta
 
+    if name not in PROCESS_OF_OBJECTIVE:
+        raise ValueError(f"loss = {name!r} must be one of {', '.join(OBJECTIVES)}")
+    defaults = {"num_steps": num_steps is None,
+                "ce_weight": isinstance(ce_weight, (int, float)) and not isinstance(
+                    ce_weight, bool) and ce_weight == 0}
+    for option, value, default in (("num_steps", num_steps, None), ("ce_weight", ce_weight, 0.0)):
+        if option not in OPTIONS_OF_OBJECTIVE[name] and not defaults[option]:
+            users = [k for k, used in OPTIONS_OF_OBJECTIVE.items() if option in used]
+            raise ValueError(f"{option} = {value!r} is not used by the {name!r} objective "
+                             f"(only by {', '.join(map(repr, users))}): leave it at its "
+                             f"default {default!r}")
     if name == "masked_elbo":
         return MaskedELBO(Masking(config, schedule=schedule or LinearAlphaBar()))
     if name == "d3pm":
         return D3PMBound(UniformSubstitution(config, schedule=schedule or LinearBeta.rhm()),
                          num_steps=num_steps, ce_weight=ce_weight)
-    if name in ("gaussian_x0", "gaussian_eps"):
-        cls = GaussianX0 if name == "gaussian_x0" else GaussianEps
-        return cls(Gaussian(config, schedule=schedule or LinearBeta()), num_steps=num_steps)
-    raise ValueError(f"loss = {name!r} must be one of {', '.join(OBJECTIVES)}")
+    cls = GaussianX0 if name == "gaussian_x0" else GaussianEps
+    return cls(Gaussian(config, schedule=schedule or LinearBeta()), num_steps=num_steps)

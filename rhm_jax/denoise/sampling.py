@@ -18,13 +18,14 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from rhm_jax.noise import Gaussian, Masking, UniformSubstitution
 from rhm_jax.schedules import LinearAlphaBar
 
 __all__ = ["Denoiser", "reverse_sample", "generate", "experiment_denoiser", "predict_x0",
-           "first_hit_chain", "check_num_steps"]
+           "first_hit_chain", "check_num_steps", "check_denoiser", "generate_bytes"]
 
 
 class Denoiser(NamedTuple):
@@ -42,6 +43,22 @@ class Denoiser(NamedTuple):
         """From a :class:`~rhm_jax.denoise.train.Run` (its EMA parameters if ``ema``)."""
         model = run.ema_model if ema and run.ema_model is not None else run.model
         return cls(model, run.objective)
+
+
+def check_denoiser(name: str, denoiser) -> Denoiser:
+    """``denoiser`` if it is a :class:`Denoiser`; a training run (a ``Run``, with ``model``
+    and ``objective``) or anything else is refused naming the argument and saying how to
+    make one (``Denoiser.from_run(run)``, whose ``ema`` picks the parameters)."""
+    if isinstance(denoiser, Denoiser):
+        return denoiser
+    hint = ""
+    if hasattr(denoiser, "model") and hasattr(denoiser, "objective"):
+        hint = (": wrap a training run with Denoiser.from_run(run) (ema=True for its EMA "
+                "parameters)")
+    from rhm_jax.validation import describe
+
+    raise TypeError(f"{name} must be a rhm_jax.denoise.Denoiser, got "
+                    f"{type(denoiser).__name__ if hint else describe(denoiser)}{hint}")
 
 
 def _x0_draw(key, probs):
@@ -159,9 +176,7 @@ def _reverse_sample(key, graphdef, params, objective, x_t, t, num_steps):
 def _check(denoiser, process, x_t, t):
     from rhm_jax.exact import check_observation
 
-    if not isinstance(denoiser, Denoiser):
-        raise TypeError(f"denoiser must be a rhm_jax.denoise.Denoiser, got "
-                        f"{type(denoiser).__name__}")
+    denoiser = check_denoiser("denoiser", denoiser)
     if process is not None and process != denoiser.process:
         raise ValueError(f"process = {process} differs from the process the network was "
                          f"trained on, {denoiser.process}")
@@ -187,7 +202,8 @@ def reverse_sample(key, denoiser: Denoiser, process, x_t, t, num_steps: int | No
       denoiser: a :class:`Denoiser`.
       process: the noise process (must be the one the network was trained on).
       x_t: ``(n, d)`` int (``(n, d, v)`` float for the Gaussian), or one unbatched datum.
-      t: a scalar or ``(n,)`` start time in ``(0, 1]``.
+      t: a scalar or ``(n,)`` start time in ``(0, 1]`` (a chain from ``t = 0`` has no
+        step to take, and its grid ``t·(K-k)/K`` collapses: refused).
       num_steps: number of reverse steps (static); ``None`` (masking only) for one token
         at a time.
 
@@ -197,11 +213,25 @@ def reverse_sample(key, denoiser: Denoiser, process, x_t, t, num_steps: int | No
     from rhm_jax.validation import check_key
 
     key = check_key("key", key)
+    t_given = t
     x_t, t, unbatched = _check(denoiser, process, x_t, t)
+    _check_start_time(t_given)  # as given: the checked t is broadcast to (n,)
     num_steps = check_num_steps(denoiser.process, num_steps)
     graphdef, params = nnx.split(denoiser.model)
     out = _reverse_sample(key, graphdef, params, denoiser.objective, x_t, t, num_steps)
     return out[0] if unbatched else out
+
+
+def _check_start_time(t) -> None:
+    """Concrete start times must be ``> 0`` (``check_observation`` has checked ``<= 1``)."""
+    if isinstance(t, jax.core.Tracer):
+        return
+    values = np.asarray(t)
+    if values.size and not np.all(values > 0):
+        where = np.flatnonzero(~(values.ravel() > 0))[0]
+        position = f"[{where}]" if values.ndim else ""
+        raise ValueError(f"t{position} = {values.ravel()[where]} must be in (0, 1]: the reverse "
+                         "chain runs from time t > 0 back to 0")
 
 
 def prior_sample(key, process, n: int):
@@ -214,13 +244,56 @@ def prior_sample(key, process, n: int):
     return jax.random.normal(key, (n, cfg.d, cfg.v), dtype=jnp.result_type(float))
 
 
+def _model_width(model) -> int:
+    """Channels of the network's first activation (``model.input.width`` for the
+    library's networks), 0 when the model does not say."""
+    width = getattr(getattr(model, "input", None), "width", 0)
+    return width if isinstance(width, int) and width > 0 else 0
+
+
+def generate_bytes(denoiser: Denoiser, n: int) -> int:
+    """A lower bound on the bytes :func:`generate` allocates for ``n`` sequences.
+
+    Every step of the chain runs the network on all ``n`` sequences at once, so it holds
+    ``4·n·d·(c + 3v + 2w)`` bytes: the chain's state (``c = 1`` int32 token, ``c = v``
+    floats for the Gaussian), the network's outputs, the posterior and its draw's log
+    probabilities (``v`` floats each), and two activations of width ``w`` (the input
+    embedding and one block; ``w = model.input.width``, 0 if unknown). The network's
+    other activations come on top, so a run refused by this bound cannot fit.
+
+    Examples:
+      >>> from flax import nnx
+      >>> from rhm_jax import RHMConfig
+      >>> from rhm_jax.denoise import ModelConfig, TreeUNet, make_objective
+      >>> cfg = RHMConfig(v=8, m=2, s=2, L=3)
+      >>> objective = make_objective("masked_elbo", cfg)
+      >>> net = TreeUNet(cfg, ModelConfig(width=16), num_states=9, rngs=nnx.Rngs(0))
+      >>> generate_bytes(Denoiser(net, objective), 10)  # 4 * 10 * 8 * (1 + 24 + 32)
+      18240
+    """
+    denoiser = check_denoiser("denoiser", denoiser)
+    cfg = denoiser.process.config
+    state = cfg.v if isinstance(denoiser.process, Gaussian) else 1
+    return 4 * int(n) * cfg.d * (state + 3 * cfg.v + 2 * _model_width(denoiser.model))
+
+
 def generate(key, denoiser: Denoiser, n: int, num_steps: int | None = None):
     """``n`` new sequences: reverse diffusion from pure noise at ``t = 1``
-    (``num_steps`` as in :func:`reverse_sample`)."""
-    from rhm_jax.validation import check_int, check_key
+    (``num_steps`` as in :func:`reverse_sample`).
+
+    ``denoiser`` must be a :class:`Denoiser` (``Denoiser.from_run(run)`` for a training
+    run). A call that cannot fit in the device's memory (:func:`generate_bytes`, a lower
+    bound) is refused before any work, with its size.
+    """
+    from rhm_jax.validation import check_fits, check_int, check_key
 
     key = check_key("key", key)
+    denoiser = check_denoiser("denoiser", denoiser)
     n = check_int("n", n, 1)
+    num_steps = check_num_steps(denoiser.process, num_steps)
+    cfg = denoiser.process.config
+    check_fits(f"generate(n={n}) at d = {cfg.s}**{cfg.L} tokens", generate_bytes(denoiser, n),
+               advice="generate fewer sequences per call")
     prior_key, chain_key = jax.random.split(key)
     x_1 = prior_sample(prior_key, denoiser.process, n)
     return reverse_sample(chain_key, denoiser, None, x_1, 1.0, num_steps)
@@ -243,7 +316,9 @@ def _predict(graphdef, params, objective, x_t, t):
 def experiment_denoiser(denoiser: Denoiser, num_steps: int | None = None):
     """``(denoise, params)`` for ``experiments.forward_backward(..., denoiser=denoise,
     denoiser_params=params)``: ``denoise(params, key, x_t, t)`` runs :func:`reverse_sample`'s
-    chain (traceable, ``t`` of shape ``(c,)``; ``num_steps`` as there)."""
+    chain (traceable, ``t`` of shape ``(c,)``; ``num_steps`` as there). ``denoiser`` must
+    be a :class:`Denoiser` (``Denoiser.from_run(run)`` for a training run)."""
+    denoiser = check_denoiser("denoiser", denoiser)
     num_steps = check_num_steps(denoiser.process, num_steps)
     graphdef, params = nnx.split(denoiser.model)
     objective = denoiser.objective
