@@ -902,19 +902,29 @@ def nu_fits(results: dict, summaries: dict, s: int, n_classes: int,
     except ValueError as error:  # too few finite points: recorded, not fatal
         return {"error": str(error), "depths": depths}
     widths = [theory.curve_width(r.times, r.class_kept, 1.0 / n_classes, 1.0) for r in res]
+    width_reason = None
     try:
-        nu_width, nu_width_se = width_exponent(depths, widths, s)
-    except ValueError:
+        width_fit = width_exponent(depths, widths, s)
+        nu_width, nu_width_se = width_fit
+        width_reason = width_fit.reason
+    except ValueError as error:  # widths that cannot be fitted (a curve without a drop)
         nu_width = nu_width_se = None
+        width_reason = str(error)
 
     def num(x):
         return None if x is None or not np.isfinite(x) else float(x)
 
-    return {"P0_width_10_90": [num(w) for w in widths], "nu_from_P0_width": num(nu_width),
-            "nu_from_P0_width_se": num(nu_width_se),
-            "observable": "chi", "method": "data collapse of (chi - 1) / peak over "
-            "(eps - eps_half(L)) * b**L; nu = ln s / ln b; bootstrap error",
-            "depths": depths, "nu": fit.nu, "nu_se": fit.nu_se, "growth": fit.growth,
-            "growth_se": fit.growth_se, "collapse_cost": fit.cost,
-            "mean_field_nu": mean_field_nu,
-            "mean_field_growth": None if mean_field_nu is None else float(s ** (1 / mean_field_nu))}
+    out = {"P0_width_10_90": [num(w) for w in widths], "nu_from_P0_width": num(nu_width),
+           "nu_from_P0_width_se": num(nu_width_se)}
+    if width_reason is not None:
+        out["nu_from_P0_width_reason"] = width_reason
+    out.update({"observable": "chi", "method": "data collapse of (chi - 1) / peak over "
+                "(eps - eps_half(L)) * b**L; nu = ln s / ln b; bootstrap error",
+                "depths": depths, "nu": num(fit.nu), "nu_se": num(fit.nu_se),
+                "growth": num(fit.growth), "growth_se": num(fit.growth_se),
+                "collapse_cost": num(fit.cost)})
+    if fit.reason is not None:
+        out["reason"] = fit.reason
+    out.update({"mean_field_nu": mean_field_nu,
+                "mean_field_growth": None if mean_field_nu is None else float(s ** (1 / mean_field_nu))})
+    return out
