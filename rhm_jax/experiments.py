@@ -125,7 +125,7 @@ def _true_symbol_probability(marginal, symbols):
     return jnp.mean(picked, axis=-1)
 
 
-def _observation(noise_keys, tokens, process, t, leaf_likelihood):
+def observe_batch(noise_keys, tokens, process, t, leaf_likelihood):
     """Corrupt every datum to time ``t`` with its own key. Returns the ``(n, d, v)`` leaf
     log-likelihoods (for BP) or the observations ``x_t`` themselves (for a denoiser)."""
     corrupt = jax.vmap(lambda key, x: process.corrupt(key, x[None], t)[0])
@@ -144,7 +144,7 @@ def _observe(keys, grammars, times, process, leaf_likelihood):
     """
     split = jax.vmap(jax.random.split, in_axes=(0, None))(keys, 3)  # (n, 3)
     data_keys, noise_keys, post_keys = split[:, 0], split[:, 1], split[:, 2]
-    over_times = jax.vmap(_observation, in_axes=(None, None, None, 0, None), out_axes=1)
+    over_times = jax.vmap(observe_batch, in_axes=(None, None, None, 0, None), out_axes=1)
 
     def one_grammar(grammar):
         data = jax.vmap(lambda key: sample_data_unchecked(key, grammar, 1, None, True))(data_keys)

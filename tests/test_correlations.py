@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rhm_jax import Masking, RHMConfig, sample_grammar
-from rhm_jax.correlations import (_summarise, change_correlations, collapse_exponent,
+from rhm_jax.correlations import (summarise_statistics, change_correlations, collapse_exponent,
                                   grf_change_correlations, spin_statistics, width_exponent)
 from rhm_jax.experiments import sample_grammars
 from rhm_jax.sharding import data_mesh
@@ -64,7 +64,7 @@ def test_factorised_changes_give_chi_one():
     stats = jax.vmap(lambda x: spin_statistics(x, 2))(spins)
     per = {"changed": stats.changed[:, None], "tree": stats.tree[:, None],
            "position": stats.position[:, None]}
-    res = _summarise(np.array([0.5]), per, 2, n_traj)
+    res = summarise_statistics(np.array([0.5]), per, 2, n_traj)
     assert abs(res.chi[0] - 1) < 4 * res.chi_se[0], (res.chi, res.chi_se)
     assert res.chi_se[0] < 0.05
     # Blocks of 4 identical spins: within a start, the sum over pairs inside the blocks
@@ -77,7 +77,7 @@ def test_factorised_changes_give_chi_one():
     np.testing.assert_allclose(tree[:, 1] / tree[:, 0], 2.0, rtol=1e-5)
     per = {"changed": stats.changed[:, None], "tree": stats.tree[:, None],
            "position": stats.position[:, None]}
-    res = _summarise(np.array([0.5]), per, 2, n_traj)
+    res = summarise_statistics(np.array([0.5]), per, 2, n_traj)
     assert abs(res.chi[0] - 4) < 4 * res.chi_se[0], (res.chi, res.chi_se)
 
 

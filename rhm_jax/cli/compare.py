@@ -28,7 +28,6 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
 
 from rhm_jax.cli.flags import (MAX_SEED, TIMES_HELP, add_alias, add_out_arg, integer_flag,
                                times_flag)
