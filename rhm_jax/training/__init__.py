@@ -1,0 +1,21 @@
+"""A generic, resumable training loop: run folders, orbax checkpoints and the loop itself.
+
+Nothing here knows what is trained. A model plugs in as a
+:class:`~rhm_jax.training.loop.TrainTask` — its state, its compiled steps, its rows and its
+checkpoint items — and :func:`~rhm_jax.training.loop.fit` runs it:
+
+* :mod:`~rhm_jax.training.runs` — the run folder and its ``metrics.jsonl``;
+* :mod:`~rhm_jax.training.checkpoints` — orbax checkpoints of named pytrees plus the
+  configuration;
+* :mod:`~rhm_jax.training.loop` — the loop: compiled step groups, train and evaluation
+  rows, checkpoints, progress bar;
+* :mod:`~rhm_jax.training.state` — the train state of an NNX model and tree helpers.
+"""
+
+from rhm_jax.training.checkpoints import Checkpointer
+from rhm_jax.training.loop import LoopConfig, TrainTask, fit
+from rhm_jax.training.runs import RunDirectory, config_differences
+from rhm_jax.training.state import TrainState
+
+__all__ = ["Checkpointer", "LoopConfig", "TrainTask", "fit", "RunDirectory",
+           "config_differences", "TrainState"]
