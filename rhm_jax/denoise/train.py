@@ -40,6 +40,7 @@ import optax
 from flax import nnx
 
 from rhm_jax.denoise.config import TrainConfig
+from rhm_jax.denoise.evaluation import bp_floor, bp_per_datum, make_eval, per_datum_loss
 from rhm_jax.denoise.models import build_model
 from rhm_jax.grammar import Grammar, grammar_from_rules, sample_grammar
 from rhm_jax.sampling import sample_data_unchecked, sample_disjoint_data
@@ -48,10 +49,25 @@ from rhm_jax.training.state import TrainState, count_parameters, from_pure, glob
 from rhm_jax.validation import check_bool
 
 __all__ = ["TrainConfig", "TrainState", "Run", "RHMTask", "train", "load_run", "init_state",
+           "loss_unit",
            "make_train_steps", "datasets", "make_eval", "bp_floor", "train_batch",
            "compiled_train_steps", "make_grammar", "make_optimizer", "learning_rate_schedule"]
 
 LN2 = math.log(2.0)
+
+
+def loss_unit(config: TrainConfig) -> tuple[str, float]:
+    """``(suffix, scale)`` of the loss in ``metrics.jsonl``: rows hold ``loss_<suffix>``
+    = per-sequence loss × ``scale``.
+
+    Losses in nats (masking, D3PM, Gaussian x0 cross-entropy) are reported in bits per
+    token (``"bits_per_token"``, ``1 / (d ln 2)``); the ε-prediction loss is a squared
+    error, reported per token (``"mse_per_token"``, ``1 / d``).
+    """
+    d = config.rhm_config.d
+    if config.loss == "gaussian_eps":
+        return "mse_per_token", 1.0 / d
+    return "bits_per_token", 1.0 / (d * LN2)
 
 
 def learning_rate_schedule(config: TrainConfig):
@@ -166,61 +182,6 @@ def compiled_train_steps(config: TrainConfig, graphdef, mesh):
     return run
 
 
-@lru_cache(maxsize=8)
-def make_eval(config: TrainConfig, graphdef):
-    """``evaluate(params, x0, key) -> (n,)`` per-sequence loss (nats), jitted (one program
-    per ``config`` and ``graphdef`` in a process)."""
-    objective = config.objective()
-
-    @jax.jit
-    def evaluate(params, x0, key):
-        return objective.loss(nnx.merge(graphdef, params), key, x0)[0]
-
-    return evaluate
-
-
-def _eval_keys(config):
-    return [jax.random.fold_in(jax.random.key(config.seed), 1000 + r)
-            for r in range(config.eval_repeats)]
-
-
-#: Test data per evaluation call. Fixed, so that the held-out noise (one key per chunk,
-#: and ``t`` stratified within a chunk) depends only on the test set, ``seed`` and
-#: ``eval_repeats``: runs that differ in their batch size are scored on the same masks.
-EVAL_CHUNK = 512
-
-
-def _per_datum_loss(evaluate, params, test_tokens, config) -> np.ndarray:
-    """Held-out loss of every test datum (nats), averaged over the ``eval_repeats`` fixed
-    noise draws."""
-    chunk = min(config.test_size, EVAL_CHUNK)
-    per_datum = []
-    for r, key in enumerate(_eval_keys(config)):
-        rows = []
-        for start in range(0, test_tokens.shape[0], chunk):
-            x0 = test_tokens[start:start + chunk]
-            size = x0.shape[0]
-            if size < chunk:  # pad the tail to the compiled shape (no second compile)
-                x0 = jnp.concatenate([x0, jnp.broadcast_to(x0[:1], (chunk - size,) + x0.shape[1:])])
-            rows.append(np.asarray(evaluate(params, x0, jax.random.fold_in(key, start)),
-                                   np.float64)[:size])
-        per_datum.append(np.concatenate(rows))
-    return np.mean(per_datum, axis=0)  # average the repeats per datum first
-
-
-def bp_floor(config: TrainConfig, grammar, test_tokens) -> tuple[float, float]:
-    """The held-out loss with exact BP in the network's place (same data and noise keys)."""
-    return mean_se(_bp_per_datum(config, grammar, test_tokens))
-
-
-def _bp_per_datum(config: TrainConfig, grammar, test_tokens) -> np.ndarray:
-    objective = config.objective()
-    evaluate = jax.jit(lambda x0, key: objective.loss(objective.bp_predictor(grammar), key, x0)[0])
-    return _per_datum_loss(lambda params, x0, key: evaluate(x0, key), None, test_tokens, config)
-
-
-
-
 # ---- the task the training loop runs ------------------------------------------------------
 class Run(NamedTuple):
     """A loaded run: configuration, grammar, the network (and its EMA twin) and the step."""
@@ -242,11 +203,13 @@ class RHMTask:
       plot: redraw ``loss_curve.png`` after every evaluation.
     """
 
+    run_files = ("loss_curve.png",)
+
     def __init__(self, config: TrainConfig, mesh=None, *, plot: bool = False):
         self.config, self.mesh, self.plot = config, mesh, plot
         self.grammar = make_grammar(config)
         self.graphdef = None
-        self.to_bits = 1.0 / (config.rhm_config.d * LN2)  # nats per sequence -> bits per token
+        self.unit, self.scale = loss_unit(config)  # per-sequence loss -> the rows' unit
 
     def init_state(self) -> TrainState:
         self.graphdef, state = init_state(self.config)
@@ -258,8 +221,10 @@ class RHMTask:
 
     def restore(self, template: TrainState, items: dict) -> TrainState:
         rules = [np.asarray(items["rules"][f"level_{l}"]) for l in range(self.config.L)]
-        self.grammar = grammar_from_rules(rules, self.config.rhm_config)
-        return from_pure(template, items["state"])
+        grammar = grammar_from_rules(rules, self.config.rhm_config)  # checks the rules
+        state = from_pure(template, items["state"])
+        self.grammar = grammar
+        return state
 
     def start(self, state: TrainState) -> TrainState:
         from rhm_jax.sharding import replicated
@@ -271,7 +236,7 @@ class RHMTask:
                                                   replicated(self.mesh))
         self.steps = make_train_steps(config, self.graphdef, self.grammar, self.mesh)
         self.evaluate = make_eval(config, self.graphdef)
-        self.floor_per_datum = _bp_per_datum(config, self.grammar, self.test_tokens)
+        self.floor_per_datum = bp_per_datum(config, self.grammar, self.test_tokens)
         self.floor, self.floor_se = mean_se(self.floor_per_datum)
         return state
 
@@ -279,27 +244,28 @@ class RHMTask:
         return self.steps(state, self.train_tokens, num_steps)
 
     def train_row(self, metrics: dict) -> dict:
-        return {"loss_bits_per_token": float(metrics["loss"].mean()) * self.to_bits,
+        return {f"loss_{self.unit}": float(metrics["loss"].mean()) * self.scale,
                 "grad_norm": float(metrics["grad_norm"].mean()), "lr": float(metrics["lr"][-1])}
 
     def eval_row(self, state: TrainState) -> dict:
-        to_bits = self.to_bits
-        row = {"floor_bits_per_token": self.floor * to_bits, "floor_se": self.floor_se * to_bits,
-               "entropy_bits_per_token": self.config.rhm_config.log_P_max * to_bits}
+        unit, scale = self.unit, self.scale
+        row = {f"floor_{unit}": self.floor * scale, "floor_se": self.floor_se * scale,
+               "entropy_bits_per_token": self.config.rhm_config.log_P_max * (
+                   1.0 / (self.config.rhm_config.d * LN2))}
         for name, params in (("", state.params), ("ema_", state.ema)):
             if params is None:
                 continue
-            per_datum = _per_datum_loss(self.evaluate, params, self.test_tokens, self.config)
+            per_datum = per_datum_loss(self.evaluate, params, self.test_tokens, self.config)
             mean, se = mean_se(per_datum)
-            row[f"{name}loss_bits_per_token"] = mean * to_bits
-            row[f"{name}loss_se"] = se * to_bits
+            row[f"{name}loss_{unit}"] = mean * scale
+            row[f"{name}loss_se"] = se * scale
             # The network's excess over BP on the same data and noise: the paired
             # difference has a far smaller error than either loss, and its expectation
             # is exactly the network's expected loss minus the floor (the entropy, for
             # masking).
             excess, excess_se = mean_se(per_datum - self.floor_per_datum)
-            row[f"{name}excess_bits_per_token"] = excess * to_bits
-            row[f"{name}excess_se"] = excess_se * to_bits
+            row[f"{name}excess_{unit}"] = excess * scale
+            row[f"{name}excess_se"] = excess_se * scale
         return row
 
     def meta(self, state: TrainState) -> dict:
@@ -307,7 +273,8 @@ class RHMTask:
                 "log_P_max": self.config.rhm_config.log_P_max}
 
     def progress_text(self, metrics: dict) -> str:
-        return f"loss={float(metrics['loss'][-1]) * self.to_bits:.3f} bits/token"
+        text = "bits/token" if self.unit == "bits_per_token" else "squared error/token"
+        return f"loss={float(metrics['loss'][-1]) * self.scale:.3f} {text}"
 
     def after_eval(self, folder: Path) -> None:
         if self.plot:
@@ -361,6 +328,7 @@ def train(config: TrainConfig, run_dir, *, resume: bool = False, overwrite: bool
     """
     from rhm_jax.sharding import data_mesh
     from rhm_jax.training.loop import fit
+    from rhm_jax.validation import check_fits
 
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
@@ -371,6 +339,10 @@ def train(config: TrainConfig, run_dir, *, resume: bool = False, overwrite: bool
     elif config.batch_size % mesh.shape["data"]:
         raise ValueError(f"batch_size = {config.batch_size} must be a multiple of the mesh's "
                          f"data axis ({mesh.shape['data']} devices)")
+    device = mesh.devices.flat[0]
+    shares = 1 if device.platform == "cpu" else mesh.shape["data"]  # CPU devices share RAM
+    check_fits(f"training with batch_size = {config.batch_size}",
+               config.memory_estimate(shares), device, advice="reduce batch_size")
     task = RHMTask(config, mesh, plot=plot)
     state = fit(task, run_dir, resume=resume, overwrite=overwrite, progress=progress,
                 stop_after=stop_after)
