@@ -25,6 +25,7 @@ import pytest
 from flax import nnx
 
 from rhm_jax.denoise import ModelConfig, TrainConfig, load_run, train
+from rhm_jax.training import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,7 +76,7 @@ def whole(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def partial(tmp_path_factory, whole):
+def partial(tmp_path_factory):
     """The same run stopped at step 60 (checkpoints 30 and 60), to be copied and damaged."""
     path = tmp_path_factory.mktemp("partial") / "run"
     train(config(), path, progress=False, plot=False, stop_after=60)
@@ -86,6 +87,67 @@ def copy_of(run_dir, tmp_path) -> Path:
     target = tmp_path / "run"
     shutil.copytree(run_dir, target)
     return target
+
+
+# ---- 4, 5: a damaged checkpoint is detected, and the newest good one is used ---------------
+def _data_files(checkpoint: Path) -> list[Path]:
+    """The state's array data files (ocdbt keeps several; flip them all to hit the live one)."""
+    return [p for p in sorted(checkpoint.glob("state/**/d/*")) if p.stat().st_size > 10_000]
+
+
+def _flip(checkpoint: Path, positions, mask: int):
+    for path in _data_files(checkpoint):
+        data = bytearray(path.read_bytes())
+        for i in positions(len(data)):
+            data[i] ^= mask
+        path.write_bytes(bytes(data))
+
+
+def _nan_flip(checkpoint):  # what a flipped exponent byte does: NaN and inf in the state
+    _flip(checkpoint, lambda n: range(100, n, 997), 0xFF)
+
+
+def _swapped_data(checkpoint):  # well-formed, finite, wrong: the state of another step
+    shutil.rmtree(checkpoint / "state")
+    shutil.copytree(checkpoint.parent / "30" / "state", checkpoint / "state")
+
+
+def _cut(path: Path, keep: float):
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * keep)])
+
+
+DAMAGE = {
+    "nan_flip": _nan_flip,
+    "swapped_data": _swapped_data,
+    "truncated_metadata": lambda c: _cut(c / "state" / "_METADATA", 0.5),
+    "zeroed_metadata": lambda c: (c / "state" / "_METADATA").write_bytes(
+        bytes((c / "state" / "_METADATA").stat().st_size)),
+    "truncated_data": lambda c: [_cut(path, 0.5) for path in _data_files(c)],
+    "emptied_state": lambda c: (shutil.rmtree(c / "state"), (c / "state").mkdir()),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_load_run_falls_back_from_a_damaged_latest_checkpoint(damage, tmp_path, partial, capfd):
+    run_dir = copy_of(partial, tmp_path)
+    DAMAGE[damage](run_dir / "checkpoints" / "60")
+    assert load_run(run_dir).step == 30
+    err = capfd.readouterr().err
+    assert "checkpoint 60 does not restore" in err and "using checkpoint 30" in err
+    if damage == "swapped_data":  # only the checksums can tell
+        assert "do not match their CRC-32" in err
+    with pytest.raises(CheckpointError, match="checkpoint 60 does not restore"):
+        load_run(run_dir, step=60)
+
+
+def test_no_checkpoint_that_restores_is_one_line_naming_the_folder(tmp_path, partial):
+    run_dir = copy_of(partial, tmp_path)
+    for step in (30, 60):
+        _nan_flip(run_dir / "checkpoints" / str(step))
+    with pytest.raises(CheckpointError, match="no checkpoint restores") as info:
+        load_run(run_dir)
+    assert str(run_dir) in str(info.value) and "\n" not in str(info.value)
 
 
 # ---- 8: a resumed run logs the rows of an uninterrupted one -----------------------------------
@@ -124,3 +186,11 @@ def test_gaussian_eps_rows_name_their_unit(tmp_path):
     assert not [k for k in {**train_row, **test_row} if k.endswith("bits_per_token")
                 and k != "entropy_bits_per_token"]
     assert (run_dir / "loss_curve.png").exists()
+
+
+def test_load_run_refuses_a_step_that_is_not_an_integer_or_not_there(partial):
+    with pytest.raises(TypeError, match="step must be an integer, got str '10'"):
+        load_run(partial, step="10")
+    with pytest.raises(CheckpointError, match="no checkpoint at step = 40"):
+        load_run(partial, step=40)
+    assert load_run(partial, step=30).step == 30

@@ -46,7 +46,7 @@ from rhm_jax.grammar import Grammar, grammar_from_rules, sample_grammar
 from rhm_jax.sampling import sample_data_unchecked, sample_disjoint_data
 from rhm_jax.stats import mean_se
 from rhm_jax.training.state import TrainState, count_parameters, from_pure, global_norm, to_pure
-from rhm_jax.validation import check_bool
+from rhm_jax.validation import check_bool, check_int
 
 __all__ = ["TrainConfig", "TrainState", "Run", "RHMTask", "train", "load_run", "init_state",
            "loss_unit",
@@ -290,21 +290,54 @@ class RHMTask:
 
 
 def load_run(run_dir, step: int | None = None) -> Run:
-    """Rebuilds a run from its folder: the latest checkpoint (or ``step``)."""
-    from rhm_jax.training.checkpoints import Checkpointer
+    """Rebuilds a run from its folder: its newest checkpoint that restores, or ``step``.
 
+    Safe on a run that is being written: orbax commits a checkpoint by renaming it
+    complete into place, so the newest one listed is whole, and one that the writer deletes
+    meanwhile is passed over. A checkpoint that fails verification (its CRCs, finite
+    values, shapes) is skipped with a notice, and an older one is read.
+
+    Raises:
+      FileNotFoundError: ``run_dir`` holds no checkpoint.
+      CheckpointError: no checkpoint (or not ``step``) restores.
+    """
+    from rhm_jax.training.checkpoints import Checkpointer
+    from rhm_jax.training.errors import CheckpointError
+    from rhm_jax.training.lock import lock_holder, notice
+
+    if step is not None:
+        step = check_int("step", step, minimum=0)
     run_dir = Path(run_dir)
     if not (run_dir / "checkpoints").is_dir():
         raise FileNotFoundError(f"run_dir = {str(run_dir)!r} has no checkpoints/ folder "
                                 "(is it a folder written by rhm-jax train?)")
-    checkpoints = Checkpointer(run_dir / "checkpoints", create=False)
-    step = checkpoints.latest_step() if step is None else step
-    if step is None:
+    checkpoints = Checkpointer(run_dir / "checkpoints", writer=False)
+    steps = checkpoints.steps()
+    if not steps:
         raise FileNotFoundError(f"run_dir = {str(run_dir)!r} has no checkpoint yet")
-    task = RHMTask(TrainConfig.from_dict(checkpoints.restore_config(step)))
-    template = task.init_state()
-    state = task.restore(template, checkpoints.restore(step, task.checkpoint_items(template)))
-    return task.result(state)
+
+    def build(step):
+        task = RHMTask(TrainConfig.from_dict(checkpoints.restore_config(step)))
+        template = task.init_state()
+        items = checkpoints.restore(step, task.checkpoint_items(template))
+        return task.result(task.restore(template, items))
+
+    holder = lock_holder(run_dir)
+    if step is None:
+        step, run = checkpoints.restore_latest(build, what=str(run_dir))
+    elif step not in steps:
+        raise CheckpointError(f"{run_dir} has no checkpoint at step = {step} (it has "
+                              f"{', '.join(map(str, sorted(steps)))})")
+    else:
+        try:
+            run = build(step)
+        except Exception as err:  # noqa: BLE001 - the reason goes into one line
+            raise CheckpointError(f"{run_dir}: checkpoint {step} does not restore "
+                                  f"({type(err).__name__}: {str(err)[:160]})") from None
+    if holder is not None:
+        notice(f"{run_dir} is being written by process {holder.get('pid')}: read its "
+               f"checkpoint at step {step}")
+    return run
 
 
 def train(config: TrainConfig, run_dir, *, resume: bool = False, overwrite: bool = False,
