@@ -345,27 +345,43 @@ def train(config: TrainConfig, run_dir, *, resume: bool = False, overwrite: bool
           plot: bool = True) -> Run:
     """Trains ``config`` into ``run_dir``; returns the final :class:`Run`.
 
+    Every argument, and the memory a step needs, is checked before the run folder is
+    touched. The run folder is locked while training (a second writer gets
+    :class:`~rhm_jax.training.RunLocked`); a new run appears in ``run_dir`` at its first
+    checkpoint, so a run that fails or is stopped before then leaves ``run_dir`` as it
+    was.
+
     Args:
       config: the experiment.
       run_dir: the run folder (created; see the module docstring for its contents).
-      resume: continue from the latest checkpoint in ``run_dir`` (its ``config.json`` must
-        equal ``config``).
-      overwrite: replace an existing ``run_dir`` (otherwise a non-empty folder without
-        ``resume`` is an error).
+      resume: continue from the newest checkpoint in ``run_dir`` that restores (its
+        ``config.json`` and the checkpoint's configuration must equal ``config``).
+      overwrite: replace an earlier training run in ``run_dir`` (at the new run's first
+        checkpoint); a folder that is not provably a training run is never replaced.
       progress: show a progress bar.
       mesh: device mesh with a ``"data"`` axis for the batch (default: all devices when the
         batch divides evenly, else one device).
       stop_after: stop (after checkpointing) once this step is reached — for tests and
-        time-boxed runs; the run can be resumed later.
+        time-boxed runs; the run can be resumed later. A multiple of ``log_every``.
       plot: write ``loss_curve.png`` at every evaluation.
+
+    Raises:
+      TrainingDiverged: a NaN or ±inf loss, evaluation or state (nothing non-finite is
+        written; the run resumes from its last checkpoint).
+      TrainingInterrupted: SIGINT (Ctrl-C); its ``step`` is the step to resume from.
+      RunLocked: another live process trains into ``run_dir``.
+      CheckpointError: ``resume`` found no checkpoint that restores.
     """
     from rhm_jax.sharding import data_mesh
-    from rhm_jax.training.loop import fit
+    from rhm_jax.training.loop import check_stop_after, fit
     from rhm_jax.validation import check_fits
 
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     resume, overwrite = check_bool("resume", resume), check_bool("overwrite", overwrite)
+    if resume and overwrite:
+        raise ValueError("resume=True and overwrite=True exclude each other")
+    check_stop_after(stop_after, config)
     if mesh is None:
         n_dev = jax.device_count()
         mesh = data_mesh(n_dev if config.batch_size % n_dev == 0 else 1)

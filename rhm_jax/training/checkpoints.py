@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
+import time
 import zlib
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -37,6 +39,18 @@ T = TypeVar("T")
 class ConfigMismatch(ValueError):
     """A checkpoint restores, but was written by another configuration: a refusal, never a
     reason to fall back to an older checkpoint."""
+
+
+def _retrying(make, tries: int = 5):
+    """``make()``, tried again when a checkpoint that a live writer deletes vanishes
+    between being listed and being read."""
+    for attempt in range(tries):
+        try:
+            return make()
+        except FileNotFoundError:
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.05)
 
 
 class NonFiniteState(ValueError):
@@ -119,13 +133,21 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=writer,
                                                cleanup_tmp_directories=writer,
                                                enable_async_checkpointing=False)
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self.manager = _retrying(lambda: ocp.CheckpointManager(self.directory, options=options))
         self.rejected: list[int] = []  # checkpoints that failed verification
 
     def steps(self) -> list[int]:
-        """The steps of the committed checkpoints, newest first."""
-        self.manager.reload()
-        return sorted(self.manager.all_steps(), reverse=True)
+        """The steps of the committed checkpoints, newest first.
+
+        Read from the folder's names (orbax commits a checkpoint by renaming its temporary
+        folder to the bare step), not through orbax's listing, which reads each
+        checkpoint's metadata and fails when a live writer deletes one meanwhile.
+        """
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return []
+        return sorted((int(name) for name in names if name.isdigit()), reverse=True)
 
     def latest_step(self) -> int | None:
         """The newest checkpoint's step (``None`` when there is none)."""
@@ -143,6 +165,8 @@ class Checkpointer:
 
         if not all_finite_host(items):
             raise NonFiniteState(f"refusing to save a non-finite state at step {step}")
+        if self.rejected:
+            self.manager.reload()
         for bad in self.rejected:
             if bad in self.manager.all_steps():
                 self.manager.delete(bad)
