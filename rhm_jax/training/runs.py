@@ -114,11 +114,15 @@ class RunDirectory:
         """Why ``folder`` is not provably a run of this command (``None`` when it is): its
         ``meta.json`` names the command, its ``config.json`` parses, and (with
         ``only_run_files``) it holds nothing a run does not write."""
-        try:
-            meta = json.loads((folder / "meta.json").read_text())
-            config = json.loads((folder / "config.json").read_text())
-        except (OSError, ValueError) as err:
-            return f"no readable meta.json and config.json ({type(err).__name__})"
+        found = {}
+        for name in ("meta.json", "config.json"):
+            try:
+                found[name] = json.loads((folder / name).read_text())
+            except FileNotFoundError:
+                return f"it has no {name}"
+            except (OSError, ValueError):
+                return f"its {name} is not readable JSON"
+        meta, config = found["meta.json"], found["config.json"]
         if not isinstance(meta, dict) or meta.get("command") != self.command:
             return f"its meta.json is not that of an rhm-jax {self.command} run"
         if self.config_type is not None:
