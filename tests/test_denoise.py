@@ -12,7 +12,7 @@ from rhm_jax import RHMConfig, bp, sample_data, sample_grammar
 from rhm_jax.denoise import (Denoiser, ModelConfig, TrainConfig, TreeUNet, generate, load_run,
                              make_objective, reverse_sample, train)
 from rhm_jax.denoise.sampling import reverse_chain
-from rhm_jax.denoise.train import _batch, datasets, init_state, make_eval, make_train_steps
+from rhm_jax.denoise.train import datasets, init_state, make_eval, make_train_steps, train_batch
 
 CFG = RHMConfig(v=8, m=2, s=2, L=3)
 LOSSES = ("masked_elbo", "d3pm", "gaussian_x0", "gaussian_eps")
@@ -196,16 +196,16 @@ def _snapshot(folder):
 
 
 def test_resume_gives_bit_identical_parameters(tmp_path, finished_run):
-    from rhm_jax.denoise.train import _train_steps, make_eval
+    from rhm_jax.denoise.train import compiled_train_steps, make_eval
 
     config = _resume_config()
     whole_dir, whole = finished_run
-    programs = (_train_steps.cache_info().misses, make_eval.cache_info().misses)
+    programs = (compiled_train_steps.cache_info().misses, make_eval.cache_info().misses)
     train(config, tmp_path / "split", progress=False, plot=False, stop_after=40)
     assert load_run(tmp_path / "split").step == 40
     resumed = train(config, tmp_path / "split", resume=True, progress=False, plot=False)
     # the configuration was trained before in this process: its programs are reused
-    assert (_train_steps.cache_info().misses, make_eval.cache_info().misses) == programs
+    assert (compiled_train_steps.cache_info().misses, make_eval.cache_info().misses) == programs
     for a, b in zip(jax.tree.leaves(nnx.state(whole.model)), jax.tree.leaves(nnx.state(resumed.model))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     for a, b in zip(jax.tree.leaves(nnx.state(whole.ema_model)),
@@ -227,7 +227,7 @@ def test_fixed_training_set_is_visited_once_per_epoch_and_disjoint_from_test():
     grammar = sample_grammar(jax.random.key(0), config.rhm_config)
     train_tokens, test_tokens = datasets(config, grammar)
     key = jax.random.key(1)
-    seen = np.concatenate([np.asarray(_batch(config, grammar, train_tokens, key, jnp.int32(k)))
+    seen = np.concatenate([np.asarray(train_batch(config, grammar, train_tokens, key, jnp.int32(k)))
                            for k in range(6)])  # two epochs of three batches
     as_set = lambda x: sorted(map(tuple, np.asarray(x).tolist()))
     assert as_set(seen[:48]) == as_set(train_tokens) == as_set(seen[48:])
@@ -235,7 +235,7 @@ def test_fixed_training_set_is_visited_once_per_epoch_and_disjoint_from_test():
         map(tuple, np.asarray(test_tokens).tolist()))
     # a batch that straddles two epochs (48 is not a multiple of 20)
     config = dataclasses.replace(config, batch_size=20)
-    seen = np.concatenate([np.asarray(_batch(config, grammar, train_tokens, key, jnp.int32(k)))
+    seen = np.concatenate([np.asarray(train_batch(config, grammar, train_tokens, key, jnp.int32(k)))
                            for k in range(12)])
     for epoch in range(5):
         assert as_set(seen[48 * epoch:48 * (epoch + 1)]) == as_set(train_tokens)

@@ -283,14 +283,31 @@ def run(args) -> int:
             config = stored
     from rhm_jax.denoise.train import train
 
-    result = train(config, args.out, resume=args.resume, overwrite=args.overwrite,
-                   progress=not args.no_progress)
+    from rhm_jax.training.errors import TrainingDiverged, TrainingInterrupted
+
+    try:
+        result = train(config, args.out, resume=args.resume, overwrite=args.overwrite,
+                       progress=not args.no_progress)
+    except TrainingDiverged as err:  # nothing non-finite was written: say where it stopped
+        print(f"rhm-jax train: {err}", file=sys.stderr)
+        return 1
+    except TrainingInterrupted as err:  # Ctrl-C between step groups, never mid-save
+        hint = f": rhm-jax train --out {args.out} --resume" if err.step is not None else ""
+        print(f"rhm-jax train: {err}{hint}", file=sys.stderr)
+        return 130
+    from rhm_jax.denoise.train import loss_unit
     from rhm_jax.io import read_jsonl
 
     last = [r for r in read_jsonl(os.path.join(args.out, "metrics.jsonl"))
             if r["split"] == "test"][-1]
-    print(f"trained {result.step} steps into {args.out}/: held-out loss "
-          f"{last['loss_bits_per_token']:.4f} ± {last['loss_se']:.4f} bits/token "
-          f"(BP floor {last['floor_bits_per_token']:.4f}, entropy "
-          f"{last['entropy_bits_per_token']:.4f})")
+    unit, _ = loss_unit(result.config)
+    if unit == "bits_per_token":
+        print(f"trained {result.step} steps into {args.out}/: held-out loss "
+              f"{last['loss_bits_per_token']:.4f} ± {last['loss_se']:.4f} bits/token "
+              f"(BP floor {last['floor_bits_per_token']:.4f}, entropy "
+              f"{last['entropy_bits_per_token']:.4f})")
+    else:
+        print(f"trained {result.step} steps into {args.out}/: held-out ε squared error "
+              f"{last[f'loss_{unit}']:.4f} ± {last['loss_se']:.4f} per token "
+              f"(BP floor {last[f'floor_{unit}']:.4f})")
     return 0
