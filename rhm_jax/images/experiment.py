@@ -35,13 +35,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rhm_jax.images.diffusion import EpsPredictor, RespacedSchedule, reverse_chain
+from rhm_jax.images.diffusion import EpsPredictor, RespacedSchedule, check_steps, reverse_chain
 from rhm_jax.images.probe import Probe, whiten
 from rhm_jax.sharding import (DATA_AXIS, auto_axes, batch_sharding, data_mesh, pad_to_multiple,
                               put_global, replicated)
 from rhm_jax.validation import check_bool, check_int, check_key
 
-__all__ = ["ImageForwardBackwardResult", "forward_backward", "to_rows", "grid_steps"]
+__all__ = ["ImageForwardBackwardResult", "forward_backward", "noised_starts", "to_rows",
+           "grid_steps"]
 
 
 class ImageForwardBackwardResult(NamedTuple):
@@ -113,21 +114,46 @@ def _row_metrics(start_acts, generated_acts, num_levels: int):
     return jnp.stack(stats, axis=1)
 
 
+def _noised(keys, images, steps, schedule):
+    """``(x_k (c, T, H, W, C), chain keys (c,))``: every image noised to every step with
+    its own ``ε`` (the same at every step), drawn from its key."""
+    split = jax.vmap(jax.random.split)(keys)  # (c, 2)
+    noise_keys, chain_keys = split[:, 0], split[:, 1]
+    noise = jax.vmap(lambda key: jax.random.normal(key, images.shape[1:], images.dtype))(noise_keys)
+    alpha_bars = schedule._table(images.dtype)[jnp.asarray(steps, jnp.int32)]
+
+    def at_level(alpha_bar):  # x_k of every image at one level
+        return jnp.sqrt(alpha_bar) * images + jnp.sqrt(1.0 - alpha_bar) * noise
+
+    return jnp.swapaxes(jax.vmap(at_level)(alpha_bars), 0, 1), chain_keys
+
+
+def noised_starts(key: jax.Array, images, steps, schedule: RespacedSchedule) -> jax.Array:
+    """``(n, T, H, W, C)``: the noisy images ``x_k`` from which :func:`forward_backward` with
+    the same ``key`` starts its chains (for paired comparisons with exact posteriors).
+
+    Examples:
+      >>> x = noised_starts(jax.random.key(0), np.zeros((3, 2, 2, 1), "float32"), [1, 5],
+      ...                   RespacedSchedule(5))
+      >>> x.shape
+      (3, 2, 2, 2, 1)
+    """
+    key = check_key("key", key)
+    steps = check_steps("steps", steps, schedule, minimum=1)
+    images = np.asarray(images, np.float32)
+    if images.ndim != 4:
+        raise ValueError(f"images must have shape (n, H, W, C), got shape {images.shape}")
+    keys = jax.vmap(partial(jax.random.fold_in, key))(jnp.arange(images.shape[0], dtype=jnp.uint32))
+    return _noised(keys, jnp.asarray(images), tuple(int(k) for k in np.asarray(steps)), schedule)[0]
+
+
 def _chunk(keys, weights, images, eps_params, probe_params, whitening, *, eps_apply,
            probe_apply, schedule, steps, clip, return_images):
     """One device's block: the generated images of every level and the metrics' sums."""
     c = images.shape[0]
     num_levels = len(steps)
-    split = jax.vmap(jax.random.split)(keys)  # (c, 2)
-    noise_keys, chain_keys = split[:, 0], split[:, 1]
-    noise = jax.vmap(lambda key: jax.random.normal(key, images.shape[1:], images.dtype))(noise_keys)
+    x_k, chain_keys = _noised(keys, images, steps, schedule)
     step_array = jnp.asarray(steps, jnp.int32)
-    alpha_bars = schedule._table(images.dtype)[step_array]
-
-    def at_level(alpha_bar):  # x_k of every image at one level (the same ε at every level)
-        return jnp.sqrt(alpha_bar) * images + jnp.sqrt(1.0 - alpha_bar) * noise
-
-    x_k = jnp.swapaxes(jax.vmap(at_level)(alpha_bars), 0, 1)  # (c, T, H, W, C)
     rows = x_k.reshape((c * num_levels,) + images.shape[1:])
     row_steps = jnp.tile(step_array, c)
     row_keys = jnp.repeat(chain_keys, num_levels)

@@ -118,8 +118,7 @@ def build_probe(config: ProbeConfig, image_shape, num_classes: int, seed: int) -
     image_shape = tuple(check_int("image_shape", x, 1) for x in image_shape)
     if len(image_shape) != 3:
         raise ValueError(f"image_shape = {image_shape} must be (H, W, C)")
-    return jit_build(lambda: ProbeCNN(config, image_shape, num_classes,
-                                      rngs=nnx.Rngs(params=seed)))
+    return jit_build(ProbeCNN, config, image_shape, num_classes, seed=seed)
 
 
 class Probe(NamedTuple):

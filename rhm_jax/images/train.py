@@ -256,7 +256,7 @@ def _compiled_steps(loss, optim: OptimConfig):
             updates, opt_state = tx.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
             ema = None if state.ema is None else ema_update(state.ema, params, optim.ema_decay)
-            grad_norm = optax.global_norm(grads)
+            grad_norm = optax.tree.norm(grads)
             return TrainState(params, opt_state, ema, state.step + 1), {
                 "loss": value, "grad_norm": grad_norm, "lr": schedule(state.step)}
 
@@ -306,7 +306,10 @@ def _check_data(data, batch_size: int):
 EVAL_CHUNK = 512
 
 
+@lru_cache(maxsize=16)
 def _eval_unet(graphdef, config: UNetTrainConfig):
+    """``losses(params, test_images) -> (n,)`` per-image held-out losses (one compiled
+    program per network and configuration in a process)."""
     schedule = config.schedule
     keys = [jax.random.fold_in(jax.random.key(config.optim.seed), 1000 + r)
             for r in range(config.eval_repeats)]
@@ -358,6 +361,18 @@ def unet_task(config: UNetTrainConfig, data: ImageData) -> TrainTask:
                      lambda state, n: steps(state, train_arrays, n), evaluate, graphdef)
 
 
+@lru_cache(maxsize=16)
+def _probe_scores(graphdef):
+    """``scores(params, images, labels) -> (correct, cross-entropy)`` per image, jitted."""
+    @jax.jit
+    def scores(params, images, labels):
+        logits = nnx.merge(graphdef, params)(images)
+        return (jnp.argmax(logits, -1) == labels,
+                optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+
+    return scores
+
+
 def probe_task(config: ProbeTrainConfig, data: ImageData) -> TrainTask:
     """The probe classifier's :class:`TrainTask` (evaluation: test accuracy and loss)."""
     if not isinstance(config, ProbeTrainConfig):
@@ -368,11 +383,7 @@ def probe_task(config: ProbeTrainConfig, data: ImageData) -> TrainTask:
     steps = _compiled_steps(ProbeLoss(graphdef), config.optim)
     train_arrays = (jnp.asarray(data.train_images), jnp.asarray(data.train_labels))
 
-    @jax.jit
-    def scores(params, images, labels):
-        logits = nnx.merge(graphdef, params)(images)
-        return (jnp.argmax(logits, -1) == labels,
-                optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+    scores = _probe_scores(graphdef)
 
     def evaluate(state: TrainState) -> dict:
         correct, losses = scores(state.params, data.test_images, data.test_labels)
