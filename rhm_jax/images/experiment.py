@@ -139,7 +139,7 @@ def noised_starts(key: jax.Array, images, steps, schedule: RespacedSchedule) -> 
       (3, 2, 2, 2, 1)
     """
     key = check_key("key", key)
-    steps = check_steps("steps", steps, schedule, minimum=1)
+    steps = check_steps("steps", np.asarray(steps), schedule, minimum=1)
     images = np.asarray(images, np.float32)
     if images.ndim != 4:
         raise ValueError(f"images must have shape (n, H, W, C), got shape {images.shape}")

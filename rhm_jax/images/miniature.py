@@ -53,10 +53,10 @@ class MiniatureConfig:
     """
 
     unet: UNetTrainConfig = UNetTrainConfig(
-        unet=UNetConfig(channels=32, channel_mults=(1, 2)), num_steps=100,
-        optim=OptimConfig(batch_size=128, steps=3000, learning_rate=2e-3, warmup_steps=100,
-                          ema_decay=0.999, steps_per_call=100, log_every=100,
-                          eval_every=1000, checkpoint_every=500))
+        unet=UNetConfig(channels=16, channel_mults=(1, 2)), num_steps=100,
+        optim=OptimConfig(batch_size=128, steps=2500, learning_rate=2e-3, warmup_steps=100,
+                          ema_decay=0.995, steps_per_call=100, log_every=100,
+                          eval_every=500, checkpoint_every=500))
     probe: ProbeTrainConfig = ProbeTrainConfig()
     fractions: tuple = tuple(np.round(np.arange(1, 11) / 10, 1).tolist())
     num_images: int | None = 200
