@@ -182,13 +182,6 @@ def load_digits(*, test_fraction: float = 0.2, seed: int = 0) -> ImageData:
                        test_fraction=test_fraction, seed=seed)
 
 
-def describe_split(data: ImageData) -> str:
-    """One line: sizes and image shape (for logs)."""
-    h, w, c = data.image_shape
-    return (f"{len(data.train_images)} training and {len(data.test_images)} test images of "
-            f"{h}×{w}×{c}, {data.num_classes} classes")
-
-
 def _fingerprint(array: np.ndarray) -> str:
     """A short content hash of an array (shape, dtype and bytes)."""
     import hashlib
