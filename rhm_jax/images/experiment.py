@@ -82,7 +82,8 @@ class ImageForwardBackwardResult(NamedTuple):
         return self.cosine[:, 0]
 
 
-def grid_steps(num_steps: int, fractions=tuple(np.round(np.arange(1, 11) / 10, 1))) -> np.ndarray:
+def grid_steps(num_steps: int,
+               fractions=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)) -> np.ndarray:
     """The steps ``k = round(f · K)`` of a grid of fractions ``f`` (default 0.1 … 1.0).
 
     Examples:

@@ -117,13 +117,14 @@ class UNetTrainConfig:
       unet: the network.
       num_steps: ``K`` of the respaced DDPM schedule (the loss draws ``k`` uniformly in
         ``1 … K``; the network sees ``s_k / T``).
-      optim: optimisation (an EMA is usual for diffusion models).
+      optim: optimisation (an EMA is usual for diffusion models; at 2,000 steps a decay
+        of 0.999 still lags the parameters' held-out loss, 0.995 does not).
       eval_repeats: noise draws per test image in each evaluation.
     """
 
     unet: UNetConfig = UNetConfig()
     num_steps: int = 250
-    optim: OptimConfig = OptimConfig(ema_decay=0.999)
+    optim: OptimConfig = OptimConfig(ema_decay=0.995)
     eval_repeats: int = 4
 
     def __post_init__(self):
