@@ -542,7 +542,7 @@ def make_inputs(cfg: RHMConfig, batch: int):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="2 configs, batch 64/1024, < 2 min")
-    p.add_argument("--out", default=str(HERE / "results" / "bp.jsonl"), help="JSONL file to append to")
+    p.add_argument("--out", default=str(HERE / "results" / "bench" / "bp.jsonl"), help="JSONL file to append to")
     p.add_argument("--impl", nargs="+", choices=sorted(VARIANTS), help="implementations to run")
     p.add_argument("--task", nargs="+", choices=TASKS, default=list(TASKS))
     p.add_argument("--config", nargs="+", help="configs as v,m,s,L (default: by mode)")

@@ -50,7 +50,7 @@ def parse_args(argv=None):
     p.add_argument("--process", nargs="+", choices=list(PROCESSES), default=["epsilon"])
     p.add_argument("--repeats", type=int, default=None,
                    help="timed full runs (default 1; quick 3)")
-    p.add_argument("--out", default=str(HERE / "results" / "chi.jsonl"),
+    p.add_argument("--out", default=str(HERE / "results" / "bench" / "chi.jsonl"),
                    help="JSONL file to append to")
     args = p.parse_args(argv)
     args.L = args.L or (5 if args.quick else 9)

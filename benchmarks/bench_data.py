@@ -221,7 +221,7 @@ def markdown_table(rows: list[dict]) -> str:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="2 configs, batch 1024, < 60 s")
-    p.add_argument("--out", default=str(HERE / "results" / "data.jsonl"), help="JSONL file to append to")
+    p.add_argument("--out", default=str(HERE / "results" / "bench" / "data.jsonl"), help="JSONL file to append to")
     p.add_argument("--table", action="store_true",
                    help="only print a markdown table of the latest rows of --out")
     p.add_argument("--config", nargs="+", help="configs as v,m,s,L (default: by mode)")

@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     parser.add_argument("--times", type=float, nargs="+", default=[0.6, 0.73, 0.85])
     parser.add_argument("--chunk-size", type=int, default=None,
                         help="data per compiled call (the same for every n_data, so one compile)")
-    parser.add_argument("--out", default=str(HERE / "results" / "memory.jsonl"))
+    parser.add_argument("--out", default=str(HERE / "results" / "bench" / "memory.jsonl"))
     args = parser.parse_args(argv)
     shape = tuple(int(x) for x in (args.config or ("32,8,2,9" if args.quick else "32,8,2,12")).split(","))
     n_values = args.n_data or ([256, 2560] if args.quick else [100_000, 1_000_000])

@@ -118,7 +118,7 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps-per-call", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", default=str(HERE / "results" / "train.jsonl"))
+    parser.add_argument("--out", default=str(HERE / "results" / "bench" / "train.jsonl"))
     args = parser.parse_args(argv)
     sizes = QUICK_SIZES if args.quick else SIZES
     import json
