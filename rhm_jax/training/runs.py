@@ -51,8 +51,13 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 def config_differences(old: dict, new: dict) -> list[str]:
-    """``["seed: 0 -> 7", "model.width: 32 -> 16"]``: the fields where two configuration
-    dicts differ (nested dicts compared field by field)."""
+    """The fields where two configuration dicts differ (nested dicts field by field).
+
+    Examples:
+      >>> config_differences({"seed": 0, "model": {"width": 32}},
+      ...                    {"seed": 7, "model": {"width": 32}})
+      ['seed: 0 -> 7']
+    """
     a, b = _flatten(old), _flatten(new)
     keys = list(a) + [k for k in b if k not in a]
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
