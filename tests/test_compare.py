@@ -349,7 +349,7 @@ def test_compare_cli_end_to_end(tmp_path, capsys):
 def _fake_run(path):
     """A folder that passes the run-folder checks (config.json and a checkpoint step)."""
     path.mkdir()
-    config = TrainConfig(v=4, m=2, s=2, L=3)
+    config = TrainConfig(v=4, m=2, s=2, L=3, test_size=128)
     (path / "config.json").write_text(json.dumps(config.to_dict()))
     (path / "checkpoints" / "10").mkdir(parents=True)
     return path
