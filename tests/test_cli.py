@@ -148,3 +148,44 @@ def test_each_experiment_file_is_its_stored_run(recipe):
         ["train", "--config", str(ROOT / "configs" / f"{recipe}.toml")]))
     stored = ROOT / "benchmarks/results/train" / RECIPES[recipe] / "config.json"
     assert config == TrainConfig.from_dict(json.loads(stored.read_text()))
+
+
+def test_class_thresholds_are_null_with_a_reason_where_undetermined():
+    import numpy as np
+
+    from rhm_jax.theory import MeanField, class_thresholds
+
+    eps = np.linspace(0, 1, 11)
+    curves = {3: np.linspace(1, 0.1, 11), 5: np.linspace(1, 0.1, 11) ** 0.5}
+    no_transition = MeanField(4, 4, 2)  # m = v: every token is possible, no class transition
+    out = class_thresholds(eps, curves, 4, no_transition)
+    assert out["eps_half_extrapolated"] is None and "no class transition" in out["reason"]
+    assert json.loads(json.dumps(out, allow_nan=False)) == out  # strict JSON: no NaN
+    # thresholds that move away from the limit the mean field predicts: outside [0, 1]
+    far = class_thresholds(eps, {2: np.linspace(1, 0.0, 11), 3: np.linspace(1, 0.5, 11)}, 8,
+                           MeanField(8, 2, 2))
+    assert far["eps_half"]["3"] > far["eps_half"]["2"]  # the drop moves away with depth
+    assert far["eps_half_extrapolated"] is None
+    assert "outside [0, 1]" in far["eps_half_extrapolated_reason"]
+
+
+@pytest.mark.parametrize("out, message", [
+    ("", "--out = '' must name a folder"),
+    ("/proc/rhm-jax-test/run", "/proc"),
+])
+def test_train_refuses_an_output_folder_it_cannot_write(out, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--quick", "--v", "8", "--m", "2", "--L", "3", "--out", out])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_diverging_run_is_one_line_and_exit_1(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train", "--quick", "--v", "8", "--m", "2", "--L", "3", "--lr", "1e8",
+                 "--grad-clip", "0", "--no-progress", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1 and "diverged at step" in err and "Traceback" not in err
+    metrics = out / "metrics.jsonl"
+    if metrics.exists():  # no row holds a NaN
+        assert "NaN" not in metrics.read_text()
