@@ -35,7 +35,7 @@ from typing import NamedTuple
 import numpy as np
 
 from rhm_jax.config import RHMConfig
-from rhm_jax.validation import check_int, describe
+from rhm_jax.validation import check_int, describe, integral_value
 
 _BISECTION_STEPS = 200  # more than float64 needs; the loop exits when the bracket stops shrinking
 _ROOT_SCAN_POINTS = 4097  # grid that brackets the interior fixed points before bisection
@@ -492,7 +492,7 @@ def extrapolate_threshold(L_values, eps_half_values, growth_factor: float) -> fl
     if np.shape(given) != eps_half.shape or np.ndim(given) != 1:
         raise ValueError(f"L_values and eps_half_values must be 1-D of the same length, got "
                          f"{np.shape(given)} and {eps_half.shape}")
-    L_values = np.array([check_int(f"L_values[{i}]", L, minimum=1)
+    L_values = np.array([check_int(f"L_values[{i}]", integral_value(L), minimum=1)
                          for i, L in enumerate(given)], dtype=np.float64)
     growth_factor = _check_finite("growth_factor", growth_factor)
     if not growth_factor > 1.0:

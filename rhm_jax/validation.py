@@ -16,6 +16,7 @@ under ``jax.jit`` a traced argument gets the checks its type and shape allow.
 
 from __future__ import annotations
 
+import math
 import numbers
 import operator
 import os
@@ -255,3 +256,15 @@ def as_array(name: str, value):
 
 
 __all__.append("as_array")
+
+
+def integral_value(value):
+    """``value`` as an ``int`` when it is a real number with an integral value (``2.0``, a
+    NumPy float ``3.0``), else unchanged — so that :func:`check_int` accepts depths read from
+    float arrays and still refuses ``2.5``, NaN or a string."""
+    if isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
+        return int(value)
+    return value
+
+
+__all__.append("integral_value")

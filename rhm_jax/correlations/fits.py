@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from rhm_jax.validation import check_int, describe
+from rhm_jax.validation import check_int, describe, integral_value
 
 
 # ---- the exponent ν from a finite-size data collapse ----------------------------------------
@@ -81,7 +81,8 @@ def _check_depths(depths) -> list[int]:
     """Depths as Python ints ``>= 1`` (a fractional depth is refused, not truncated)."""
     if isinstance(depths, (str, bytes)) or not hasattr(depths, "__len__"):
         raise TypeError(f"depths must be a sequence of integers, got {describe(depths)}")
-    depths = [check_int(f"depths[{i}]", L, minimum=1) for i, L in enumerate(depths)]
+    depths = [check_int(f"depths[{i}]", integral_value(L), minimum=1)
+              for i, L in enumerate(depths)]
     if len(set(depths)) < 2:
         raise ValueError(f"depths = {depths} must hold at least 2 distinct depths")
     return depths
