@@ -2,6 +2,7 @@
 training and resume, the experiment against exact posteriors, and bad inputs."""
 
 import dataclasses
+import json
 import math
 
 import jax
@@ -18,7 +19,7 @@ from rhm_jax.images import (EpsPredictor, MiniatureConfig, RespacedSchedule, UNe
 from rhm_jax.images.experiment import _sharded_chunk
 from rhm_jax.images.probe import whitening_stats
 from rhm_jax.images.references import posterior_mean
-from rhm_jax.images.train import epoch_batch_indices
+from rhm_jax.images.train import ImageRunConfig, epoch_batch_indices
 from rhm_jax.schedules import LinearBeta
 from rhm_jax.sharding import data_mesh
 
@@ -388,6 +389,9 @@ def test_unet_training_resumes_bit_exactly_and_refuses_another_configuration(dig
         train_unet(other, digits, tmp_path / "b", progress=False, resume=True)
     with pytest.raises(ValueError, match="is not empty"):
         train_unet(config, digits, tmp_path / "b", progress=False)
+    stored = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert ImageRunConfig.from_dict(stored).to_dict() == stored
+    assert json.loads((tmp_path / "b" / "meta.json").read_text())["command"] == "images"
 
 
 def test_unet_config_refuses_bad_shapes():

@@ -28,8 +28,8 @@ from rhm_jax.images.data import ImageData, load_digits
 from rhm_jax.images.experiment import ImageForwardBackwardResult, forward_backward, grid_steps, to_rows
 from rhm_jax.images.probe import classifier_probe
 from rhm_jax.images.references import gaussian_denoiser, memorising_denoiser
-from rhm_jax.images.train import (OptimConfig, ProbeTrainConfig, UNetTrainConfig, train_probe,
-                                  train_unet)
+from rhm_jax.images.train import (OptimConfig, ProbeTrainConfig, UNetTrainConfig, has_run,
+                                  train_probe, train_unet)
 from rhm_jax.images.unet import UNetConfig, unet_predictor
 from rhm_jax.validation import check_bool, check_int
 
@@ -136,10 +136,12 @@ def run_miniature(run_dir, config: MiniatureConfig | None = None, *, data: Image
     timings = {}
 
     start = time.perf_counter()
-    unet = train_unet(config.unet, data, run_dir / "unet", resume=True, progress=progress)
+    unet = train_unet(config.unet, data, run_dir / "unet", resume=has_run(run_dir / "unet"),
+                      progress=progress)
     timings["unet_training"] = time.perf_counter() - start
     start = time.perf_counter()
-    probe_run = train_probe(config.probe, data, run_dir / "probe", resume=True, progress=progress)
+    probe_run = train_probe(config.probe, data, run_dir / "probe",
+                            resume=has_run(run_dir / "probe"), progress=progress)
     timings["probe_training"] = time.perf_counter() - start
 
     schedule = config.unet.schedule
