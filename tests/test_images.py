@@ -391,7 +391,7 @@ def test_unet_training_resumes_bit_exactly_and_refuses_another_configuration(dig
         train_unet(config, digits, tmp_path / "b", progress=False)
     stored = json.loads((tmp_path / "b" / "config.json").read_text())
     assert ImageRunConfig.from_dict(stored).to_dict() == stored
-    assert json.loads((tmp_path / "b" / "meta.json").read_text())["command"] == "images"
+    assert json.loads((tmp_path / "b" / "meta.json").read_text())["command"] == "images-train"
 
 
 def test_unet_config_refuses_bad_shapes():

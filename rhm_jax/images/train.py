@@ -50,7 +50,7 @@ __all__ = ["OptimConfig", "UNetTrainConfig", "ProbeTrainConfig", "ImageRunConfig
            "TrainedProbe", "COMMAND"]
 
 #: The command stored in the runs' ``meta.json`` (an overwrite replaces only such runs).
-COMMAND = "images"
+COMMAND = "images-train"
 
 
 # ---- configuration --------------------------------------------------------------------------
