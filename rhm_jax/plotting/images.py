@@ -25,6 +25,7 @@ def _log_snr_axis(ax):
         return np.interp(x, lam[::-1], grid[::-1])
 
     top = ax.secondary_xaxis("top", functions=(forward, inverse))
+    top.set_xticks([6, 3, 0, -3, -6, -9])
     top.set_xlabel("log-SNR  log(ᾱ/(1-ᾱ))", fontsize=8)
     top.tick_params(labelsize=7)
 
