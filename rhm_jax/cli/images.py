@@ -76,7 +76,10 @@ def _run_dir(root: Path, name: str, config: dict) -> Path:
 def run(args) -> int:
     from rhm_jax.io import RunFolder, check_output_folder
 
+    from rhm_jax.images.compare import tree_denoiser_config
+
     config = _config(args)  # checks the grid against K before any work
+    tree_config = tree_denoiser_config(**RHM, quick=args.quick, seed=args.seed)
     train_root = Path(args.train_dir if args.train_dir is not None else f"{args.out}-train")
     if train_root.exists() and not train_root.is_dir():
         raise ValueError(f"--train-dir = {str(train_root)!r} exists and is not a folder")
@@ -86,13 +89,13 @@ def run(args) -> int:
     check_output_folder(args.out, command="images", overwrite=args.overwrite)
     folder = RunFolder(args.out, command="images", overwrite=args.overwrite)
     try:
-        return _experiment(args, folder, config, train_root)
+        return _experiment(args, folder, config, tree_config, train_root)
     except BaseException:
         folder.discard()
         raise
 
 
-def _experiment(args, folder, config, train_root: Path) -> int:
+def _experiment(args, folder, config, tree_config, train_root: Path) -> int:
     import jax
 
     from rhm_jax.denoise import Denoiser
@@ -100,7 +103,7 @@ def _experiment(args, folder, config, train_root: Path) -> int:
     from rhm_jax.experiments import to_rows as rhm_rows
     from rhm_jax.images import grid_steps, load_digits
     from rhm_jax.images.compare import (image_panel, rhm_forward_backward, rhm_panel, rhm_times,
-                                        summarise_panels, tree_denoiser_config)
+                                        summarise_panels)
     from rhm_jax.images.miniature import train_and_compare
     from rhm_jax.images.train import has_run
     from rhm_jax.io import environment, write_json, write_jsonl
@@ -113,7 +116,6 @@ def _experiment(args, folder, config, train_root: Path) -> int:
     images = train_and_compare(config, unet_dir, probe_dir, data=data, progress=progress)
     timings = dict(images.timings)
 
-    tree_config = tree_denoiser_config(**RHM, quick=args.quick, seed=args.seed)
     tree_dir = _run_dir(train_root, "tree", tree_config.to_dict())
     start = time.perf_counter()
     tree = train(tree_config, tree_dir, resume=has_run(tree_dir), progress=progress, plot=False)
