@@ -2,6 +2,7 @@
 training and resume, the experiment against exact posteriors, and bad inputs."""
 
 import dataclasses
+import json
 import math
 
 import jax
@@ -18,7 +19,7 @@ from rhm_jax.images import (EpsPredictor, MiniatureConfig, RespacedSchedule, UNe
 from rhm_jax.images.experiment import _sharded_chunk
 from rhm_jax.images.probe import whitening_stats
 from rhm_jax.images.references import posterior_mean
-from rhm_jax.images.train import epoch_batch_indices
+from rhm_jax.images.train import ImageRunConfig, epoch_batch_indices
 from rhm_jax.schedules import LinearBeta
 from rhm_jax.sharding import data_mesh
 
@@ -388,6 +389,9 @@ def test_unet_training_resumes_bit_exactly_and_refuses_another_configuration(dig
         train_unet(other, digits, tmp_path / "b", progress=False, resume=True)
     with pytest.raises(ValueError, match="is not empty"):
         train_unet(config, digits, tmp_path / "b", progress=False)
+    stored = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert ImageRunConfig.from_dict(stored).to_dict() == stored
+    assert json.loads((tmp_path / "b" / "meta.json").read_text())["command"] == "images-train"
 
 
 def test_unet_config_refuses_bad_shapes():
@@ -411,3 +415,62 @@ def test_quick_miniature_runs_end_to_end_and_resumes(digits, tmp_path):
     assert result.probe_accuracy >= 0.95 and "ema_loss" in result.unet_test_loss
     again = run_miniature(tmp_path, config, data=digits, progress=False)
     assert again.rows == result.rows
+
+
+# ---- the command --------------------------------------------------------------------------
+@pytest.mark.slow
+def test_images_command_quick_writes_its_files_and_resumes_its_training(tmp_path, capsys):
+    from rhm_jax.cli import main
+
+    out = tmp_path / "images"
+    assert main(["images", "--quick", "--out", str(out), "--no-progress"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["images.png", "meta.json",
+                                                     "results.jsonl", "summary.json"]
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["complete"] and meta["config"]["quick"]
+    assert set(meta["timings_s"]) >= {"training", "forward_backward"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) == {"rhm_bp", "rhm_denoiser", "digits", "memorising", "gaussian"}
+    assert summary["rhm_bp"]["width_log_snr"] > 0 and summary["rhm_bp"]["low_level"] == "l=4"
+    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert {r["panel"] for r in rows} == set(summary)
+    printed = capsys.readouterr().out
+    assert "class drop width" in printed and "exact BP" in printed
+    trained = sorted(p.name.split("-")[0] for p in (tmp_path / "images-train").iterdir())
+    assert trained == ["probe", "tree", "unet"]
+    # again with --overwrite: the training runs are resumed (restored), the numbers the same
+    assert main(["images", "--quick", "--out", str(out), "--overwrite", "--no-progress"]) == 0
+    assert json.loads((out / "summary.json").read_text()) == summary
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--num-steps", "1"], r"--num-steps = 1 must be"),
+    (["--seed", "-1"], r"--seed = -1 must be"),
+])
+def test_images_command_refuses_a_bad_flag_in_one_line(tmp_path, capsys, argv, match):
+    import re
+
+    from rhm_jax.cli import main
+
+    out = tmp_path / "images"
+    with pytest.raises(SystemExit) as info:
+        main(["images", "--quick", "--out", str(out), *argv])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and re.search(match, err), err
+    assert not out.exists() and not (tmp_path / "images-train").exists()
+
+
+def test_class_drop_width_and_midpoint_of_a_linear_curve():
+    from rhm_jax.images.compare import Panel, class_drop
+
+    x = np.linspace(4.0, -4.0, 9)  # log-SNR falling along the grid
+    kept = np.clip(0.5 + x / 8, 0.0, 1.0)  # 1 at x = 4, 0 at x = -4, chance 0
+    low = np.linspace(1.0, 0.2, 9)
+    panel = Panel("p", "p", np.linspace(0.1, 0.9, 9), x, kept, np.zeros(9), 0.0, ("pixels",),
+                  low[:, None], np.zeros((9, 1)))
+    drop = class_drop(panel)
+    assert drop["width_log_snr"] == pytest.approx(4.0)  # from kept 0.75 (x=2) to 0.25 (x=-2)
+    assert drop["midpoint_log_snr"] == pytest.approx(0.0, abs=1e-12)
+    assert drop["low_level_at_midpoint"] == pytest.approx(0.6)
+    assert drop["midpoint_t"] == pytest.approx(0.5)

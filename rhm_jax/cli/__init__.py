@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import sys
 
-from rhm_jax.cli import chi, compare, flags, phase, runtime, sample, train
+from rhm_jax.cli import chi, compare, flags, images, phase, runtime, sample, train
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 #: The commands, in the order ``rhm-jax --help`` lists them.
-COMMANDS = (sample, phase, chi, train, compare)
+COMMANDS = (sample, phase, chi, train, compare, images)
 
 
 def build_parser() -> flags.Parser:

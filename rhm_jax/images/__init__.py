@@ -13,9 +13,11 @@ one code path for a trained U-Net and for two exact denoisers of the training se
 * :mod:`~rhm_jax.images.references` — the memorising and class-conditional Gaussian
   Bayes denoisers;
 * :mod:`~rhm_jax.images.probe` — probe classifiers and their whitening;
-* :mod:`~rhm_jax.images.train` — training pieces and a minimal resumable driver;
+* :mod:`~rhm_jax.images.train` — the U-Net and the probe as tasks of the shared training loop;
 * :mod:`~rhm_jax.images.experiment` — the forward–backward metrics;
-* :mod:`~rhm_jax.images.miniature` — all of it end to end.
+* :mod:`~rhm_jax.images.miniature` — all of it end to end;
+* :mod:`~rhm_jax.images.compare` — the RHM next to the images on one DDPM schedule: panels,
+  the class drop's width in log-SNR, the low level at its midpoint (``rhm-jax images``).
 """
 
 from rhm_jax.images.data import ImageData, from_arrays, load_digits

@@ -28,12 +28,13 @@ from rhm_jax.images.data import ImageData, load_digits
 from rhm_jax.images.experiment import ImageForwardBackwardResult, forward_backward, grid_steps, to_rows
 from rhm_jax.images.probe import classifier_probe
 from rhm_jax.images.references import gaussian_denoiser, memorising_denoiser
-from rhm_jax.images.train import (OptimConfig, ProbeTrainConfig, UNetTrainConfig, train_probe,
-                                  train_unet)
+from rhm_jax.images.train import (OptimConfig, ProbeTrainConfig, UNetTrainConfig, has_run,
+                                  train_probe, train_unet)
 from rhm_jax.images.unet import UNetConfig, unet_predictor
 from rhm_jax.validation import check_bool, check_int
 
-__all__ = ["MiniatureConfig", "MiniatureResult", "run_miniature", "summarise", "DENOISERS"]
+__all__ = ["MiniatureConfig", "MiniatureResult", "run_miniature", "train_and_compare", "summarise",
+           "DENOISERS"]
 
 #: The denoisers compared, in the order they run.
 DENOISERS = ("unet", "memorising", "gaussian")
@@ -125,6 +126,37 @@ def run_miniature(run_dir, config: MiniatureConfig | None = None, *, data: Image
     """
     from rhm_jax.io import environment, write_json, write_jsonl
 
+    run_dir = Path(run_dir)
+    result = train_and_compare(config, run_dir / "unet", run_dir / "probe", data=data,
+                               progress=progress, mesh=mesh)
+    config = MiniatureConfig() if config is None else config
+    write_jsonl(run_dir / "forward_backward.jsonl", result.rows)
+    summary = {"probe_accuracy": result.probe_accuracy, "unet_test_loss": result.unet_test_loss,
+               "timings_s": {k: round(v, 2) for k, v in result.timings.items()},
+               "num_images": result.results["unet"].n_images, "K": config.unet.num_steps,
+               "config": dataclasses.asdict(config), "environment": environment()}
+    write_json(run_dir / "summary.json", summary)
+    return result
+
+
+def train_and_compare(config: MiniatureConfig | None, unet_dir, probe_dir, *,
+                      data: ImageData | None = None, progress: bool = True,
+                      mesh=None) -> MiniatureResult:
+    """:func:`run_miniature`'s work without its files: train or resume the U-Net in
+    ``unet_dir`` and the probe in ``probe_dir`` (each resumed when it holds a run), then
+    forward–backward with the three denoisers.
+
+    Args:
+      config: the experiment (default :class:`MiniatureConfig`).
+      unet_dir, probe_dir: the two training runs' folders
+        (:func:`rhm_jax.images.train.train_unet`).
+      data: the images (default :func:`~rhm_jax.images.data.load_digits`).
+      progress: show progress bars.
+      mesh: device mesh with a ``"data"`` axis for the forward–backward.
+
+    Returns:
+      :class:`MiniatureResult`.
+    """
     config = MiniatureConfig() if config is None else config
     if not isinstance(config, MiniatureConfig):
         raise TypeError(f"config must be a MiniatureConfig, got {type(config).__name__}")
@@ -132,14 +164,14 @@ def run_miniature(run_dir, config: MiniatureConfig | None = None, *, data: Image
     data = load_digits() if data is None else data
     if not isinstance(data, ImageData):
         raise TypeError(f"data must be an ImageData, got {type(data).__name__}")
-    run_dir = Path(run_dir)
     timings = {}
 
     start = time.perf_counter()
-    unet = train_unet(config.unet, data, run_dir / "unet", resume=True, progress=progress)
+    unet = train_unet(config.unet, data, unet_dir, resume=has_run(unet_dir), progress=progress)
     timings["unet_training"] = time.perf_counter() - start
     start = time.perf_counter()
-    probe_run = train_probe(config.probe, data, run_dir / "probe", resume=True, progress=progress)
+    probe_run = train_probe(config.probe, data, probe_dir, resume=has_run(probe_dir),
+                            progress=progress)
     timings["probe_training"] = time.perf_counter() - start
 
     schedule = config.unet.schedule
@@ -162,12 +194,6 @@ def run_miniature(run_dir, config: MiniatureConfig | None = None, *, data: Image
         timings[f"forward_backward_{name}"] = time.perf_counter() - start
         results[name] = result
         rows += to_rows(result, name)
-    write_jsonl(run_dir / "forward_backward.jsonl", rows)
-    summary = {"probe_accuracy": probe_run.test_accuracy, "unet_test_loss": unet.test_loss,
-               "timings_s": {k: round(v, 2) for k, v in timings.items()},
-               "num_images": len(starts), "K": schedule.num_steps,
-               "config": dataclasses.asdict(config), "environment": environment()}
-    write_json(run_dir / "summary.json", summary)
     return MiniatureResult(rows, results, probe_run.test_accuracy, unet.test_loss, timings)
 
 

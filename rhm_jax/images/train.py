@@ -1,21 +1,22 @@
-"""Training the image U-Net and the probe classifier: pure pieces and a minimal driver.
+"""Training the image U-Net and the probe classifier as tasks of :mod:`rhm_jax.training`.
 
-The pieces are pure and reusable by any training loop:
+The pieces are pure and reusable:
 
 * :func:`epoch_batch_indices` — the batch of step ``k``: slice ``k`` of per-epoch
   permutations drawn from ``fold_in(data_key, epoch)`` (the data state is the step);
 * :class:`UNetLoss`, :class:`ProbeLoss` — ``loss(params, key, batch)`` of each model;
 * :func:`ema_update` — the parameters' exponential moving average;
-* :func:`unet_task`, :func:`probe_task` — a :class:`TrainTask`: the state at step 0, the
-  ``n``-step function (one compiled step; step ``k`` draws everything from
-  ``fold_in(seed, k)``), the evaluation row and the configuration to store.
+* :class:`ImageTask` (:func:`unet_task`, :func:`probe_task`) — a
+  :class:`~rhm_jax.training.TrainTask`: the state at step 0, the ``n``-step function (a
+  Python loop over one compiled step; step ``k`` draws everything from ``fold_in(seed,
+  k)``), the rows and the checkpoint items.
 
-:func:`fit` is a deliberately small driver of a :class:`TrainTask` (progress bar, metrics
-rows, orbax checkpoints of the whole state, bit-exact resume), kept apart so that the
-project's shared training loop can replace it. :func:`train_unet` and :func:`train_probe`
-run it into a run folder:
+:func:`train_unet` and :func:`train_probe` run them through the project's training loop
+(:func:`rhm_jax.training.fit`: run-folder lock, verified checkpoints with fallback, no
+non-finite row, clean Ctrl-C, bit-exact resume) into a run folder:
 
-``config.json``  the task's configuration (with a hash of the data);
+``config.json``  the task's configuration with a hash of the data (:class:`ImageRunConfig`);
+``meta.json``  the command, versions, the number of parameters;
 ``checkpoints/<step>/``  orbax checkpoints of ``{params, opt_state, ema, step}``;
 ``metrics.jsonl``  training-loss rows and evaluation rows.
 """
@@ -25,11 +26,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shutil
-import time
 from functools import lru_cache, partial
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -41,11 +40,17 @@ from rhm_jax.images.data import ImageData, fingerprint
 from rhm_jax.images.diffusion import RespacedSchedule, ddpm_loss
 from rhm_jax.images.probe import ProbeCNN, ProbeConfig, build_probe
 from rhm_jax.images.unet import ImageUNet, UNetConfig, UNetEps, build_unet
+from rhm_jax.stats import mean_se
+from rhm_jax.training.state import TrainState, count_parameters
 from rhm_jax.validation import check_bool, check_int
 
-__all__ = ["OptimConfig", "UNetTrainConfig", "ProbeTrainConfig", "TrainState", "TrainTask",
-           "epoch_batch_indices", "UNetLoss", "ProbeLoss", "ema_update", "unet_task",
-           "probe_task", "fit", "train_unet", "train_probe", "TrainedUNet", "TrainedProbe"]
+__all__ = ["OptimConfig", "UNetTrainConfig", "ProbeTrainConfig", "ImageRunConfig", "TrainState",
+           "ImageTask", "epoch_batch_indices", "UNetLoss", "ProbeLoss", "ema_update",
+           "unet_task", "probe_task", "train_unet", "train_probe", "has_run", "TrainedUNet",
+           "TrainedProbe", "COMMAND"]
+
+#: The command stored in the runs' ``meta.json`` (an overwrite replaces only such runs).
+COMMAND = "images-train"
 
 
 # ---- configuration --------------------------------------------------------------------------
@@ -64,7 +69,8 @@ class OptimConfig:
       seed: seed of initialisation, data order and noise.
       steps_per_call: steps per compiled call.
       log_every, eval_every, checkpoint_every: intervals in steps (multiples of
-        ``steps_per_call``).
+        ``steps_per_call``; ``checkpoint_every`` a multiple of ``log_every`` unless it is
+        at least ``steps``).
     """
 
     batch_size: int = 128
@@ -99,6 +105,10 @@ class OptimConfig:
             if getattr(self, name) % self.steps_per_call:
                 raise ValueError(f"{name} = {getattr(self, name)} must be a multiple of "
                                  f"steps_per_call = {self.steps_per_call}")
+        if self.checkpoint_every < self.steps and self.checkpoint_every % self.log_every:
+            raise ValueError(f"checkpoint_every = {self.checkpoint_every} must be a multiple "
+                             f"of log_every = {self.log_every} (a resumed run logs the rows "
+                             "of an uninterrupted one)")
 
 
 def _nested(cls, value, name):
@@ -156,15 +166,6 @@ def _to_dict(config) -> dict:
 
 
 # ---- pure pieces ----------------------------------------------------------------------------
-class TrainState(NamedTuple):
-    """The whole state of a run, a pytree of arrays (parameters as pure dicts)."""
-
-    params: Any
-    opt_state: Any
-    ema: Any
-    step: jax.Array
-
-
 def epoch_batch_indices(data_key: jax.Array, step, batch_size: int, num_train: int):
     """``(batch_size,)`` indices of the training images of ``step``.
 
@@ -272,34 +273,6 @@ def _compiled_steps(loss, optim: OptimConfig):
     return run
 
 
-class TrainTask(NamedTuple):
-    """What a training loop needs to run one model.
-
-    Attributes:
-      name: label of the progress bar.
-      config: the JSON configuration stored with the run (a resume must match it).
-      optim: steps and intervals.
-      init_state: ``() -> TrainState`` at step 0 (also the template of a restore).
-      run_steps: ``(state, num_steps) -> (state, metrics)``; ``metrics`` holds per-step
-        arrays (``loss`` …).
-      evaluate: ``state -> dict`` the evaluation row's fields.
-      graphdef: the NNX graph of the model (``nnx.merge(graphdef, state.params)``).
-    """
-
-    name: str
-    config: dict
-    optim: OptimConfig
-    init_state: Callable[[], TrainState]
-    run_steps: Callable[[TrainState, int], tuple]
-    evaluate: Callable[[TrainState], dict]
-    graphdef: Any = None
-
-
-def _mean_se(x) -> tuple[float, float]:
-    x = np.asarray(x, np.float64)
-    return float(x.mean()), float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else 0.0
-
-
 def _check_data(data, batch_size: int):
     if not isinstance(data, ImageData):
         raise TypeError(f"data must be an ImageData (from load_digits or from_arrays), got "
@@ -342,9 +315,115 @@ def _eval_unet(graphdef, config: UNetTrainConfig):
     return losses
 
 
-def unet_task(config: UNetTrainConfig, data: ImageData) -> TrainTask:
-    """The U-Net's :class:`TrainTask` on ``data``'s training images (evaluated on its test
-    images: per-image DDPM loss, averaged over ``eval_repeats`` fixed noise draws, with its
+# ---- the tasks the training loop runs ------------------------------------------------------
+_TRAIN_CONFIGS = {"unet": UNetTrainConfig, "probe": ProbeTrainConfig}
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageRunConfig:
+    """What a run folder of an image model stores: the model's training configuration and
+    a content hash of its data (a resume refuses other data).
+
+    It is the :class:`~rhm_jax.training.loop.LoopConfig` of the training loop: the steps
+    and intervals are those of ``train.optim``.
+
+    Args:
+      task: ``"unet"`` or ``"probe"``.
+      train: a :class:`UNetTrainConfig` (``"unet"``) or :class:`ProbeTrainConfig`
+        (``"probe"``).
+      data: the data's fingerprint (:func:`rhm_jax.images.data.fingerprint`).
+    """
+
+    task: str
+    train: Any
+    data: str
+
+    def __post_init__(self):
+        if self.task not in _TRAIN_CONFIGS:
+            raise ValueError(f"task = {self.task!r} must be one of {sorted(_TRAIN_CONFIGS)}")
+        object.__setattr__(self, "train", _nested(_TRAIN_CONFIGS[self.task], self.train,
+                                                  "train"))
+        if not isinstance(self.data, str):
+            raise TypeError(f"data must be the data's fingerprint (a str), got "
+                            f"{type(self.data).__name__}")
+
+    steps = property(lambda self: self.train.optim.steps)
+    batch_size = property(lambda self: self.train.optim.batch_size)
+    steps_per_call = property(lambda self: self.train.optim.steps_per_call)
+    log_every = property(lambda self: self.train.optim.log_every)
+    eval_every = property(lambda self: self.train.optim.eval_every)
+    checkpoint_every = property(lambda self: self.train.optim.checkpoint_every)
+
+    def to_dict(self) -> dict:
+        """``{"task", <the training configuration's fields>, "data"}`` (JSON types)."""
+        return {"task": self.task, **_to_dict(self.train), "data": self.data}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ImageRunConfig:
+        """The inverse of :meth:`to_dict`; ``ValueError``/``TypeError`` when ``d`` is not
+        one."""
+        if not isinstance(d, dict) or "task" not in d or "data" not in d:
+            raise ValueError("an image run's configuration has the fields 'task' and 'data'")
+        fields = {k: v for k, v in d.items() if k not in ("task", "data")}
+        task = d["task"]
+        if task not in _TRAIN_CONFIGS:
+            raise ValueError(f"task = {task!r} must be one of {sorted(_TRAIN_CONFIGS)}")
+        return cls(task, _TRAIN_CONFIGS[task](**fields), d["data"])
+
+
+class ImageTask:
+    """An image model as a :class:`~rhm_jax.training.TrainTask` (built by
+    :func:`unet_task` or :func:`probe_task`).
+
+    Attributes:
+      name: ``"unet"`` or ``"probe"`` (the progress bar's label).
+      config: the :class:`ImageRunConfig` stored with the run.
+      graphdef: the NNX graph of the model (``nnx.merge(graphdef, state.params)``).
+    """
+
+    run_files = ()
+
+    def __init__(self, config: ImageRunConfig, graphdef, state0: TrainState, steps,
+                 evaluate):
+        self.name, self.config, self.graphdef = config.task, config, graphdef
+        self._state0, self._steps, self._evaluate = state0, steps, evaluate
+
+    def init_state(self) -> TrainState:
+        return jax.tree.map(jnp.copy, self._state0)
+
+    def checkpoint_items(self, state: TrainState) -> dict:
+        return {"state": state}
+
+    def restore(self, template: TrainState, items: dict) -> TrainState:
+        params, opt_state, ema, step = items["state"]
+        return TrainState(params, opt_state, ema, jnp.asarray(step, jnp.int32))
+
+    def start(self, state: TrainState) -> TrainState:
+        return state
+
+    def run_steps(self, state: TrainState, num_steps: int):
+        return self._steps(state, num_steps)
+
+    def train_row(self, metrics: dict) -> dict:
+        return {"loss": float(metrics["loss"].mean()),
+                "grad_norm": float(metrics["grad_norm"].mean()), "lr": float(metrics["lr"][-1])}
+
+    def eval_row(self, state: TrainState) -> dict:
+        return self._evaluate(state)
+
+    def meta(self, state: TrainState) -> dict:
+        return {"task": self.name, "num_parameters": count_parameters(state.params)}
+
+    def progress_text(self, metrics: dict) -> str:
+        return f"loss={float(metrics['loss'][-1]):.4f}"
+
+    def after_eval(self, folder: Path) -> None:
+        pass
+
+
+def unet_task(config: UNetTrainConfig, data: ImageData) -> ImageTask:
+    """The U-Net's task on ``data``'s training images (evaluated on its test images:
+    per-image DDPM loss, averaged over ``eval_repeats`` fixed noise draws, with its
     standard error over images; for the parameters and their EMA)."""
     if not isinstance(config, UNetTrainConfig):
         raise TypeError(f"config must be a UNetTrainConfig, got {type(config).__name__}")
@@ -360,12 +439,11 @@ def unet_task(config: UNetTrainConfig, data: ImageData) -> TrainTask:
         row = {}
         for prefix, params in (("", state.params), ("ema_", state.ema)):
             if params is not None:
-                row[f"{prefix}loss"], row[f"{prefix}loss_se"] = _mean_se(losses(params, test_images))
+                row[f"{prefix}loss"], row[f"{prefix}loss_se"] = mean_se(losses(params, test_images))
         return row
 
-    stored = {"task": "unet", **_to_dict(config), "data": fingerprint(data)}
-    return TrainTask("unet", stored, config.optim, lambda: jax.tree.map(jnp.copy, state0),
-                     lambda state, n: steps(state, train_arrays, n), evaluate, graphdef)
+    return ImageTask(ImageRunConfig("unet", config, fingerprint(data)), graphdef, state0,
+                     lambda state, n: steps(state, train_arrays, n), evaluate)
 
 
 @lru_cache(maxsize=16)
@@ -380,8 +458,8 @@ def _probe_scores(graphdef):
     return scores
 
 
-def probe_task(config: ProbeTrainConfig, data: ImageData) -> TrainTask:
-    """The probe classifier's :class:`TrainTask` (evaluation: test accuracy and loss)."""
+def probe_task(config: ProbeTrainConfig, data: ImageData) -> ImageTask:
+    """The probe classifier's task (evaluation: test accuracy and loss)."""
     if not isinstance(config, ProbeTrainConfig):
         raise TypeError(f"config must be a ProbeTrainConfig, got {type(config).__name__}")
     _check_data(data, config.optim.batch_size)
@@ -389,150 +467,17 @@ def probe_task(config: ProbeTrainConfig, data: ImageData) -> TrainTask:
     graphdef, state0 = _initial_state(model, config.optim)
     steps = _compiled_steps(ProbeLoss(graphdef), config.optim)
     train_arrays = (jnp.asarray(data.train_images), jnp.asarray(data.train_labels))
-
     scores = _probe_scores(graphdef)
 
     def evaluate(state: TrainState) -> dict:
         correct, losses = scores(state.params, data.test_images, data.test_labels)
-        accuracy, accuracy_se = _mean_se(correct)
-        loss, loss_se = _mean_se(losses)
+        accuracy, accuracy_se = mean_se(correct)
+        loss, loss_se = mean_se(losses)
         return {"accuracy": accuracy, "accuracy_se": accuracy_se, "loss": loss,
                 "loss_se": loss_se}
 
-    stored = {"task": "probe", **_to_dict(config), "data": fingerprint(data)}
-    return TrainTask("probe", stored, config.optim, lambda: jax.tree.map(jnp.copy, state0),
-                     lambda state, n: steps(state, train_arrays, n), evaluate, graphdef)
-
-
-# ---- the minimal driver ---------------------------------------------------------------------
-def _manager(run_dir: Path):
-    import orbax.checkpoint as ocp
-
-    return ocp.CheckpointManager((run_dir / "checkpoints").absolute(),
-                                 options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
-
-
-def _save(manager, state: TrainState):
-    import orbax.checkpoint as ocp
-
-    manager.save(int(state.step), args=ocp.args.StandardSave(state))
-    manager.wait_until_finished()
-
-
-def _restore(manager, template: TrainState) -> TrainState:
-    import orbax.checkpoint as ocp
-
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-    return manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(abstract))
-
-
-def _prepare_run_dir(run_dir, config: dict, resume: bool, overwrite: bool) -> Path:
-    from rhm_jax.io import write_json
-
-    run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ValueError(f"run_dir = {str(run_dir)!r} exists and is not a folder")
-    config_path = run_dir / "config.json"
-    if resume and config_path.exists():
-        stored = json.loads(config_path.read_text())
-        if stored != config:
-            diff = [f"{k}: {stored.get(k)!r} -> {config.get(k)!r}"
-                    for k in sorted(set(stored) | set(config)) if stored.get(k) != config.get(k)]
-            raise ValueError(f"resume: the configuration or data differ from the stored run "
-                             f"in {str(run_dir)!r} ({'; '.join(diff)})")
-    elif run_dir.is_dir() and any(run_dir.iterdir()):
-        if not overwrite and not resume:
-            raise ValueError(f"run_dir = {str(run_dir)!r} is not empty: pass resume=True to "
-                             "continue it or overwrite=True to replace it")
-        if not config_path.exists():
-            raise ValueError(f"run_dir = {str(run_dir)!r} is not empty and holds no run (no "
-                             "config.json): refusing to write into it")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(config_path, config)
-    return run_dir
-
-
-def _append(path: Path, row: dict):
-    with open(path, "a") as handle:
-        handle.write(json.dumps(row) + "\n")
-
-
-def fit(task: TrainTask, run_dir, *, resume: bool = False, overwrite: bool = False,
-        progress: bool = True, stop_after: int | None = None) -> tuple[TrainState, list[dict]]:
-    """Runs ``task`` into ``run_dir``: steps, metrics rows, checkpoints.
-
-    Args:
-      task: the :class:`TrainTask`.
-      run_dir: the run folder (see the module docstring).
-      resume: continue from the latest checkpoint (the stored configuration must equal the
-        task's); a finished run is only restored.
-      overwrite: replace an existing run.
-      progress: show a progress bar.
-      stop_after: stop (after a checkpoint) at this step; the run can be resumed.
-
-    Returns:
-      ``(state, rows)``: the final state and every metrics row.
-    """
-    from rhm_jax.io import atomic_write
-
-    resume, overwrite = check_bool("resume", resume), check_bool("overwrite", overwrite)
-    progress = check_bool("progress", progress)
-    optim = task.optim
-    end = optim.steps if stop_after is None else min(optim.steps, check_int(
-        "stop_after", stop_after, 1))
-    run_dir = _prepare_run_dir(run_dir, task.config, resume, overwrite)
-    metrics_path = run_dir / "metrics.jsonl"
-    manager = _manager(run_dir)
-    state = task.init_state()
-    rows, wall_offset = [], 0.0
-    if manager.latest_step() is not None:
-        state = _restore(manager, state)
-        if metrics_path.exists():
-            rows = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()]
-        rows = [r for r in rows if r["step"] <= int(state.step)]  # rows after the checkpoint
-        with atomic_write(metrics_path) as handle:
-            handle.write("".join(json.dumps(r) + "\n" for r in rows))
-        wall_offset = max([r.get("wall_s", 0.0) for r in rows], default=0.0)
-    elif metrics_path.exists():
-        metrics_path.unlink()
-    step = int(state.step)
-    bar = None
-    if progress and step < end:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=optim.steps, initial=step, unit="step", desc=task.name)
-    start = time.perf_counter()
-
-    def log(row):
-        rows.append(row)
-        _append(metrics_path, row)
-
-    if step == 0:
-        log({"step": 0, "split": "test", "wall_s": 0.0, **task.evaluate(state)})
-    window = []
-    while step < end:
-        n = min(optim.steps_per_call, end - step)
-        state, metrics = task.run_steps(state, n)
-        window.append(jax.tree.map(np.asarray, metrics))
-        step += n
-        wall = round(wall_offset + time.perf_counter() - start, 3)
-        if bar is not None:
-            bar.update(n)
-            bar.set_postfix(loss=f"{float(window[-1]['loss'][-1]):.4f}")
-        if step % optim.log_every == 0 or step == optim.steps:
-            joined = {k: np.concatenate([w[k] for w in window]) for k in window[0]}
-            log({"step": step, "split": "train", "wall_s": wall,
-                 "loss": float(joined["loss"].mean()),
-                 "grad_norm": float(joined["grad_norm"].mean()), "lr": float(joined["lr"][-1])})
-            window = []
-        if step % optim.eval_every == 0 or step == optim.steps:
-            log({"step": step, "split": "test", "wall_s": wall, **task.evaluate(state)})
-        if step % optim.checkpoint_every == 0 or step == end:
-            _save(manager, state)
-    if bar is not None:
-        bar.close()
-    return state, rows
+    return ImageTask(ImageRunConfig("probe", config, fingerprint(data)), graphdef, state0,
+                     lambda state, n: steps(state, train_arrays, n), evaluate)
 
 
 # ---- the two models ---------------------------------------------------------------------
@@ -564,17 +509,57 @@ class TrainedProbe(NamedTuple):
         return [r for r in self.rows if r["split"] == "test"][-1]["accuracy"]
 
 
-def train_unet(config: UNetTrainConfig, data: ImageData, run_dir, **kwargs) -> TrainedUNet:
-    """Trains (or resumes, or restores) the U-Net into ``run_dir``; see :func:`fit`."""
+def has_run(run_dir) -> bool:
+    """True when ``run_dir`` holds a run to resume (its ``config.json``)."""
+    return (Path(run_dir) / "config.json").is_file()
+
+
+def _fit(task: ImageTask, run_dir, resume=False, overwrite=False, progress=True,
+         stop_after=None) -> tuple[TrainState, list]:
+    from rhm_jax.training.loop import fit
+
+    resume, overwrite = check_bool("resume", resume), check_bool("overwrite", overwrite)
+    if resume and overwrite:
+        raise ValueError("resume=True and overwrite=True exclude each other")
+    state = fit(task, run_dir, resume=resume, overwrite=overwrite,
+                progress=check_bool("progress", progress), stop_after=stop_after,
+                command=COMMAND)
+    text = (Path(run_dir) / "metrics.jsonl").read_text()
+    return state, [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def train_unet(config: UNetTrainConfig, data: ImageData, run_dir, *, resume: bool = False,
+               overwrite: bool = False, progress: bool = True,
+               stop_after: int | None = None) -> TrainedUNet:
+    """Trains (or resumes, or restores) the U-Net into ``run_dir``.
+
+    Args:
+      config: the training.
+      data: the images.
+      run_dir: the run folder (see the module docstring).
+      resume: continue from the newest checkpoint that restores (the stored configuration
+        and data must equal these); a finished run is only restored.
+      overwrite: replace an earlier image run in ``run_dir`` (at the new run's first
+        checkpoint).
+      progress: show a progress bar.
+      stop_after: stop (after checkpointing) at this step, a multiple of ``log_every``.
+
+    Raises:
+      TrainingDiverged, TrainingInterrupted, RunLocked, CheckpointError: as
+        :func:`rhm_jax.training.fit`.
+    """
     task = unet_task(config, data)
-    state, rows = fit(task, run_dir, **kwargs)
+    state, rows = _fit(task, run_dir, resume, overwrite, progress, stop_after)
     model = nnx.merge(task.graphdef, state.params)
     ema = None if state.ema is None else nnx.merge(task.graphdef, state.ema)
     return TrainedUNet(config, model, ema, int(state.step), rows)
 
 
-def train_probe(config: ProbeTrainConfig, data: ImageData, run_dir, **kwargs) -> TrainedProbe:
-    """Trains (or resumes, or restores) the probe classifier into ``run_dir``."""
+def train_probe(config: ProbeTrainConfig, data: ImageData, run_dir, *, resume: bool = False,
+                overwrite: bool = False, progress: bool = True,
+                stop_after: int | None = None) -> TrainedProbe:
+    """Trains (or resumes, or restores) the probe classifier into ``run_dir`` (arguments
+    as :func:`train_unet`)."""
     task = probe_task(config, data)
-    state, rows = fit(task, run_dir, **kwargs)
+    state, rows = _fit(task, run_dir, resume, overwrite, progress, stop_after)
     return TrainedProbe(config, nnx.merge(task.graphdef, state.params), int(state.step), rows)

@@ -71,6 +71,8 @@ class TrainTask(Protocol):
     """
 
     config: LoopConfig
+    #: Optional: the progress bar's label (default ``"train"``).
+    name: str
     #: Files and folders the task writes into the run folder (e.g. ``"loss_curve.png"``).
     run_files: tuple[str, ...]
 
@@ -273,7 +275,8 @@ def _loop(task, run, checkpoints, state, position, end_step, wall_offset, progre
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=config.steps, initial=step, unit="step", desc="train")
+        bar = tqdm(total=config.steps, initial=step, unit="step",
+                   desc=getattr(task, "name", "train"))
     start = time.perf_counter()
     try:
         if step == 0:
