@@ -48,7 +48,7 @@ from rhm_jax.stats import mean_se
 from rhm_jax.training.state import TrainState, count_parameters, from_pure, global_norm, to_pure
 from rhm_jax.validation import check_bool, check_int
 
-__all__ = ["TrainConfig", "TrainState", "Run", "RHMTask", "train", "load_run", "init_state",
+__all__ = ["TrainConfig", "Run", "RHMTask", "train", "load_run", "init_state",
            "loss_unit",
            "make_train_steps", "datasets", "make_eval", "bp_floor", "train_batch",
            "compiled_train_steps", "make_grammar", "make_optimizer", "learning_rate_schedule"]
