@@ -262,7 +262,8 @@ fig.tight_layout()
 # trips of section 4 with three denoisers through the same code. Its run folder holds
 # `unet/` and `probe/` (each a resumable training run: configuration, metrics, verified
 # checkpoints), `forward_backward.jsonl` (tidy rows of every measurement) and
-# `summary.json`. `rhm-jax images --out runs/images` does the same from a shell.
+# `summary.json`. From a shell, `rhm-jax images --out runs/images` runs this experiment
+# next to the RHM on the same schedule (rows, a summary and the figure `images.png`).
 #
 # Calling `train_unet` and `train_probe` on the same folders afterwards only restores the
 # finished runs: that is how the notebook gets the two networks back, to generate digits
@@ -655,8 +656,8 @@ print(f"largest |U-Net - memorising| in class kept: "
 #
 # On a GPU nothing changes in the code: JAX runs everything on the default device, and the
 # forward–backward trips are split over all devices JAX sees (pass `mesh=` to choose).
-# From a shell, `rhm-jax images --out runs/images` runs the digits miniature into a run
-# folder, resumable.
+# From a shell, `rhm-jax images --out runs/images` runs the digits experiment next to the
+# RHM; its training runs are kept and resumed in `runs/images-train/`.
 
 # %%
 from rhm_jax.images import (OptimConfig, ProbeConfig, ProbeTrainConfig, UNetConfig,
@@ -698,5 +699,5 @@ print(f"notebook ran in {time.time() - start:.0f} s")
 #   pixels' decay. The RHM's sharp transition needs depth that 8×8 images lack.
 # * `from_arrays` takes your own labelled images, `run_miniature` runs the whole
 #   experiment on them (a GPU for anything larger than digits), and
-#   `rhm-jax images --out runs/images` runs the digits miniature from a shell. The numbers
+#   `rhm-jax images --out runs/images` runs it next to the RHM from a shell. The numbers
 #   of this run are on the documentation's results page for real images.
